@@ -1,0 +1,25 @@
+"""laurentnet.algebra — exact convolution algebra on sympy's sparse polynomial rings.
+
+Never imports torch.  Public API:
+
+* :class:`LaurentRing`, :func:`laurent_ring`, :class:`LaurentPoly` — Laurent polynomials in
+  shift variables over an explicit sympy domain;
+* :class:`ConvOperator` — ``down_s ∘ K(z) ∘ up_u + b``, with ``@ + - *``, adjoint, dilation,
+  channel split/stack, :func:`block_diag`, PyTorch layouts (:meth:`ConvOperator.from_weight`,
+  :meth:`ConvOperator.to_weight`), symbolic weights (:meth:`ConvOperator.symbolic`);
+* :func:`apply_operator` — exact application to a finite (or periodic) signal;
+* :func:`exact_rational` — floats to rationals without rounding.
+"""
+from .exact import exact_rational, to_domain
+from .laurent import LaurentPoly, LaurentRing, laurent_ring
+from .layout import TorchLayout, default_ring, operator_from_weight, operator_to_weight
+from .operator import ConvOperator, block_diag, hstack, vstack
+from .signal import apply_operator, signal_to_polys
+from .symbolic_weights import symbolic_operator, weight_symbols
+
+__all__ = [
+    "LaurentRing", "LaurentPoly", "laurent_ring", "ConvOperator", "block_diag", "vstack",
+    "hstack", "TorchLayout", "operator_from_weight", "operator_to_weight", "default_ring",
+    "apply_operator", "signal_to_polys", "exact_rational", "to_domain", "symbolic_operator",
+    "weight_symbols",
+]

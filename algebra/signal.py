@@ -1,0 +1,76 @@
+"""Applying an operator to a finite signal, exactly.
+
+A signal ``x`` of shape ``(C, n1, ..., nk)`` is the channel vector of generating
+functions ``X_c(z) = sum_i x[c, i] z^i`` (zero outside the array: zero padding).  Then
+
+    y[o, i] = b_o + [z^(s*i)] sum_c K_{o,c}(z) X_c(z^u)          (non-periodic)
+    y[o, i] = b_o + [z^(s*i)] (sum_c K_{o,c}(z) X_c(z)) mod (z^n - 1)   (periodic)
+
+For one layer, the first formula is PyTorch's zero-padded convolution on the output window
+``0 <= i < out_shape`` and the second its circular padding (when ``2p = d(k-1)`` and ``s | n``).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .laurent import LaurentPoly, _as_axis_tuple
+from .operator import ConvOperator
+
+__all__ = ["signal_to_polys", "apply_operator"]
+
+
+def signal_to_polys(op: ConvOperator, x: Any) -> list[LaurentPoly]:
+    """``[X_c(z)]`` for an array ``x`` of shape ``(C, *n)`` (floats converted exactly)."""
+    array = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    if array.ndim != op.ndim + 1:
+        raise ValueError(f"expected a signal of shape (C, {'n, ' * op.ndim}...) with "
+                         f"{op.ndim + 1} axes, got shape {array.shape}")
+    if array.shape[0] != op.in_channels:
+        raise ValueError(f"signal has {array.shape[0]} channels, the operator takes {op.in_channels}")
+    return [op.ring.from_array(channel) for channel in array]
+
+
+def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | None = None, *,
+                   periodic: bool = False) -> np.ndarray:
+    """Exact ``y = down_s(K X(z^u)) + b`` on the window ``[0, out_shape)``: an object array
+    of sympy numbers (or expressions for symbolic weights/inputs), shape ``(C_out, *out)``.
+
+    ``periodic=True`` reduces modulo ``z^n - 1`` (circular padding); the output shape is then
+    ``n / s`` and each stride must divide its size.  Non-periodic without ``out_shape``: every
+    ``i >= 0`` up to the last nonzero coefficient."""
+    X = signal_to_polys(op, x)
+    n = np.asarray(x.shape[1:] if hasattr(x, "shape") else np.asarray(x).shape[1:])
+    n = tuple(int(v) for v in n)
+    rows = []
+    for o in range(op.out_channels):
+        acc = op.ring.zero
+        for c in range(op.in_channels):
+            if op.matrix[o][c] and X[c]:
+                acc = acc + op.matrix[o][c] * X[c].subs_power(op.upsample)
+        rows.append(acc)
+    if periodic:
+        if any(u != 1 for u in op.upsample):
+            raise ValueError("periodic application of an up-sampling operator is not supported")
+        if any(size % s for size, s in zip(n, op.stride)):
+            raise ValueError(f"circular padding with stride {op.stride} needs each stride to "
+                             f"divide the size {n}")
+        rows = [r.mod_circular(n) for r in rows]
+        out = tuple(size // s for size, s in zip(n, op.stride))
+    elif out_shape is None:
+        highs = [r.support()[1] for r in rows if r]
+        high = tuple(max(col) for col in zip(*highs)) if highs else (0,) * op.ndim
+        out = tuple(max(h, 0) // s + 1 for h, s in zip(high, op.stride))
+    else:
+        out = _as_axis_tuple(out_shape, op.ndim, "out_shape")
+    to_sympy = op.ring.domain.to_sympy
+    y = np.empty((op.out_channels, *out), dtype=object)
+    for o, r in enumerate(rows):
+        terms = r.to_dict()
+        b = to_sympy(op.bias[o])
+        zero = op.ring.domain.zero
+        for i in np.ndindex(*out):
+            key = tuple(a * s for a, s in zip(i, op.stride))
+            y[(o, *i)] = to_sympy(terms.get(key, zero)) + b
+    return y
