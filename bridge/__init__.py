@@ -1,0 +1,1 @@
+"""laurentnet.bridge — PyTorch models, checkpoints, the demo and the command line."""
