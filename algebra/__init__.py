@@ -23,3 +23,9 @@ __all__ = [
     "apply_operator", "signal_to_polys", "exact_rational", "to_domain", "symbolic_operator",
     "weight_symbols",
 ]
+from .network import Network, Value, PADDING_MODES
+from .collapse import CollapseResult, collapse
+from .affine_map import AffineMap, collapse_affine
+
+__all__ += ["Network", "Value", "PADDING_MODES", "CollapseResult", "collapse", "AffineMap",
+            "collapse_affine"]

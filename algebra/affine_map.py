@@ -1,0 +1,281 @@
+"""The single-layer model: a linear network on a fixed input size is one affine map.
+
+``f(X) = W X + B`` with ``X`` the input flattened in C order (channel, then spatial axes),
+exact over the network's domain (``QQ`` or a polynomial ring of symbolic weights), for
+every padding mode, including flatten and linear layers, so a whole classifier collapses.
+
+Each layer is written out as its own sparse matrix by explicit index sums with PyTorch's
+semantics (``y[o, i] = b_o + sum_{c, a} w[o, c, a] x[c, pad(s i - p + d a)]``, with ``pad``
+the padding mode's index map), and the network is the product of these matrices in
+homogeneous coordinates ``[[M, b], [0, 1]]`` on sympy's sparse ``DomainMatrix`` (SDM).
+This evaluation never uses the polynomial arithmetic, which makes it the independent side
+of :func:`algebra.prove.prove_collapse`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import sympy
+from sympy.polys.domains.domain import Domain
+from sympy.polys.matrices import DomainMatrix
+
+from .exact import to_domain
+from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
+                      GlobalAvgPool, Input, Linear, Network, Shape, Split)
+
+__all__ = ["AffineMap", "collapse_affine", "layer_matrix", "index_map"]
+
+
+def index_map(mode: str, size: int) -> Callable[[int], int | None]:
+    """Where a padded position ``j`` reads the input: ``None`` for a zero."""
+    if mode == "zeros":
+        return lambda j: j if 0 <= j < size else None
+    if mode == "circular":
+        return lambda j: j % size
+    if mode == "reflect":
+        def reflect(j: int) -> int:
+            period = 2 * (size - 1)
+            j = abs(j) % period if period else 0
+            return j if j < size else period - j
+        return reflect
+    if mode == "replicate":
+        return lambda j: min(max(j, 0), size - 1)
+    raise ValueError(f"unknown padding mode {mode!r}")
+
+
+def _flat(shape: Shape) -> Callable[[int, tuple[int, ...]], int]:
+    spatial = shape[1:]
+    strides = [int(np.prod(spatial[k + 1:])) for k in range(len(spatial))]
+    plane = int(np.prod(spatial))
+    return lambda c, pos: c * plane + sum(p * s for p, s in zip(pos, strides))
+
+
+def _converted(array: np.ndarray, domain: Domain) -> np.ndarray:
+    out = np.empty(array.shape, dtype=object)
+    for index in np.ndindex(array.shape):
+        out[index] = to_domain(array[index], domain)
+    return out
+
+
+def _conv_entries(node: Conv, in_shape: Shape, out_shape: Shape, domain: Domain):
+    weight = _converted(node.weight, domain)
+    maps = [index_map(node.mode if pads != (0, 0) else "zeros", n)
+            for pads, n in zip(node.padding, in_shape[1:])]
+    row_of, col_of = _flat(out_shape), _flat(in_shape)
+    out_per_group = out_shape[0] // node.groups
+    in_per_group = in_shape[0] // node.groups
+    rows: dict[int, dict[int, Any]] = {}
+    kernel = node.weight.shape[2:]
+    for i in np.ndindex(*out_shape[1:]):
+        reads = []
+        for a in np.ndindex(*kernel):
+            pos = []
+            for ax, (ia, aa) in enumerate(zip(i, a)):
+                j = node.stride[ax] * ia - node.padding[ax][0] + node.dilation[ax] * aa
+                pos.append(maps[ax](j))
+            if None not in pos:
+                reads.append((a, tuple(pos)))
+        for o in range(out_shape[0]):
+            row: dict[int, Any] = {}
+            g = o // out_per_group
+            for c_local in range(in_per_group):
+                c = g * in_per_group + c_local
+                for a, pos in reads:
+                    w = weight[(o, c_local, *a)]
+                    if w:
+                        col = col_of(c, pos)
+                        row[col] = row.get(col, domain.zero) + w
+            row = {k: v for k, v in row.items() if v}
+            if row:
+                rows[row_of(o, i)] = row
+    bias = None if node.bias is None else [to_domain(b, domain) for b in node.bias]
+    return rows, bias
+
+
+def _conv_transpose_entries(node: ConvTranspose, in_shape: Shape, out_shape: Shape,
+                            domain: Domain):
+    weight = _converted(node.weight, domain)
+    row_of, col_of = _flat(out_shape), _flat(in_shape)
+    out_per_group = out_shape[0] // node.groups
+    in_per_group = in_shape[0] // node.groups
+    rows: dict[int, dict[int, Any]] = {}
+    for c in range(in_shape[0]):
+        g = c // in_per_group
+        for i in np.ndindex(*in_shape[1:]):
+            col = col_of(c, i)
+            for a in np.ndindex(*node.weight.shape[2:]):
+                j = tuple(s * ii + d * aa - p for s, ii, d, aa, p in
+                          zip(node.stride, i, node.dilation, a, node.padding))
+                if any(x < 0 or x >= n for x, n in zip(j, out_shape[1:])):
+                    continue
+                for o_local in range(out_per_group):
+                    w = weight[(c, o_local, *a)]
+                    if w:
+                        row = rows.setdefault(row_of(g * out_per_group + o_local, j), {})
+                        row[col] = row.get(col, domain.zero) + w
+    bias = None if node.bias is None else [to_domain(b, domain) for b in node.bias]
+    return rows, bias
+
+
+def _pool_entries(node: AvgPool | GlobalAvgPool, in_shape: Shape, out_shape: Shape,
+                  domain: Domain):
+    if isinstance(node, GlobalAvgPool):
+        kernel, stride, padding, include = in_shape[1:], in_shape[1:], (0,) * len(in_shape[1:]), True
+    else:
+        kernel, stride, padding, include = node.kernel_size, node.stride, node.padding, \
+            node.count_include_pad
+    row_of, col_of = _flat(out_shape), _flat(in_shape)
+    rows: dict[int, dict[int, Any]] = {}
+    for i in np.ndindex(*out_shape[1:]):
+        reads = []
+        for a in np.ndindex(*kernel):
+            pos = tuple(s * ii - p + aa for s, ii, p, aa in zip(stride, i, padding, a))
+            if all(0 <= x < n for x, n in zip(pos, in_shape[1:])):
+                reads.append(pos)
+        count = int(np.prod(kernel)) if include else len(reads)
+        weight = to_domain(sympy.Rational(1, count), domain)
+        for c in range(in_shape[0]):
+            rows[row_of(c, i)] = {col_of(c, pos): weight for pos in reads}
+    return rows, None
+
+
+def layer_matrix(node: Any, in_shapes: Sequence[Shape], out_shape: Shape, domain: Domain
+                 ) -> tuple[dict[int, dict[int, Any]], list[Any] | None]:
+    """The sparse matrix (dict of rows) and bias of one single-input layer, by index sums."""
+    (in_shape,) = in_shapes
+    if isinstance(node, Conv):
+        return _conv_entries(node, in_shape, out_shape, domain)
+    if isinstance(node, ConvTranspose):
+        return _conv_transpose_entries(node, in_shape, out_shape, domain)
+    if isinstance(node, (AvgPool, GlobalAvgPool)):
+        return _pool_entries(node, in_shape, out_shape, domain)
+    if isinstance(node, ChannelAffine):
+        plane = int(np.prod(in_shape[1:]))
+        rows = {}
+        for c, scale in enumerate(node.scale):
+            value = to_domain(scale, domain)
+            if value:
+                for k in range(plane):
+                    rows[c * plane + k] = {c * plane + k: value}
+        bias = None if node.shift is None else \
+            [to_domain(node.shift[c], domain) for c in range(in_shape[0]) for _ in range(plane)]
+        return rows, bias
+    if isinstance(node, Split):
+        plane = int(np.prod(in_shape[1:]))
+        return {r: {node.start * plane + r: domain.one}
+                for r in range((node.stop - node.start) * plane)}, None
+    if isinstance(node, Flatten):
+        n = int(np.prod(in_shape))
+        return {r: {r: domain.one} for r in range(n)}, None
+    if isinstance(node, Linear):
+        weight = _converted(node.weight, domain)
+        rows = {o: {i: weight[o, i] for i in range(weight.shape[1]) if weight[o, i]}
+                for o in range(weight.shape[0])}
+        bias = None if node.bias is None else [to_domain(b, domain) for b in node.bias]
+        return {o: r for o, r in rows.items() if r}, bias
+    raise TypeError(f"no layer matrix for {type(node).__name__}")
+
+
+def _expand_bias(bias: list[Any] | None, out_shape: Shape, rows: int) -> list[Any] | None:
+    """Per-channel biases repeated over the spatial positions."""
+    if bias is None or len(bias) == rows:
+        return bias
+    plane = int(np.prod(out_shape[1:]))
+    return [b for b in bias for _ in range(plane)]
+
+
+@dataclass
+class AffineMap:
+    """``f(X) = W X + B``: ``W`` a sparse ``DomainMatrix`` ``(n_out, n_in)``, ``B`` a list."""
+    W: DomainMatrix
+    B: list[Any]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+    @property
+    def domain(self) -> Domain:
+        return self.W.domain
+
+    def weight_matrix(self) -> sympy.Matrix:
+        """``W`` as a sympy ``Matrix`` (dense; for small maps and notebooks)."""
+        return self.W.to_Matrix()
+
+    def bias_vector(self) -> sympy.Matrix:
+        return sympy.Matrix([self.domain.to_sympy(b) for b in self.B])
+
+    def to_numpy(self, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray]:
+        """``(W, B)`` as dense float arrays (rounded once from the exact values)."""
+        W = np.zeros(self.W.shape, dtype=dtype)
+        to_sympy = self.domain.to_sympy
+        for r, row in self.W.rep.to_dod().items():
+            for c, v in row.items():
+                W[r, c] = float(to_sympy(v))
+        B = np.array([float(to_sympy(b)) for b in self.B], dtype=dtype)
+        return W, B
+
+    def apply(self, x: Any) -> np.ndarray:
+        """Exact ``W x + B`` for one input of ``input_shape`` (object array, output shape)."""
+        flat = np.asarray(x, dtype=object).reshape(-1)
+        if flat.size != self.W.shape[1]:
+            raise ValueError(f"expected an input of shape {self.input_shape}")
+        dom = self.domain
+        values = [to_domain(v, dom) for v in flat]
+        out = []
+        dod = self.W.rep.to_dod()
+        for r in range(self.W.shape[0]):
+            acc = self.B[r]
+            for c, v in dod.get(r, {}).items():
+                acc += v * values[c]
+            out.append(dom.to_sympy(acc))
+        return np.array(out, dtype=object).reshape(self.output_shape)
+
+    def nnz(self) -> int:
+        return sum(len(r) for r in self.W.rep.to_dod().values())
+
+
+def collapse_affine(network: Network, input_shape: Sequence[int]) -> AffineMap:
+    """The exact affine map of the whole network (any padding, flatten, linear)."""
+    shapes = network.shapes(input_shape)
+    domain = network.domain
+    n_in = int(np.prod(shapes["input"]))
+    values: dict[str, tuple[DomainMatrix, list[Any]]] = {}
+    for name in network.order():
+        node = network.nodes[name]
+        shape = shapes[name]
+        n = int(np.prod(shape))
+        if isinstance(node, Input):
+            values[name] = (DomainMatrix({r: {r: domain.one} for r in range(n)}, (n, n), domain),
+                            [domain.zero] * n)
+        elif isinstance(node, Add):
+            coefficients = node.coefficients or (1,) * len(node.terms)
+            W, B = None, [domain.zero] * n
+            for term, c in zip(node.terms, coefficients):
+                factor = to_domain(c, domain)
+                Wt, Bt = values[term]
+                Wt = Wt if factor == domain.one else Wt * factor
+                W = Wt if W is None else W + Wt
+                B = [b + factor * bt for b, bt in zip(B, Bt)]
+            values[name] = (W, B)
+        elif isinstance(node, Concat):
+            parts = [values[p] for p in node.parts]
+            values[name] = (parts[0][0].vstack(*[p[0] for p in parts[1:]]),
+                            [b for p in parts for b in p[1]])
+        else:
+            try:
+                rows, bias = layer_matrix(node, [shapes[p] for p in node.inputs], shape, domain)
+            except ValueError as exc:
+                raise ValueError(f"node {name!r} ({node.describe()}): {exc}") from None
+            (parent,) = node.inputs
+            W_in, B_in = values[parent]
+            M = DomainMatrix(rows, (n, W_in.shape[0]), domain)
+            W = M.matmul(W_in)
+            MB = M.matmul(DomainMatrix({r: {0: b} for r, b in enumerate(B_in) if b},
+                                       (len(B_in), 1), domain)).rep.to_dod()
+            bias = _expand_bias(bias, shape, n)
+            B = [MB.get(r, {}).get(0, domain.zero) + (bias[r] if bias else domain.zero)
+                 for r in range(n)]
+            values[name] = (W, B)
+    W, B = values[network.output_name]
+    return AffineMap(W, B, tuple(shapes["input"]), tuple(shapes[network.output_name]))

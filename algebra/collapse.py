@@ -1,0 +1,272 @@
+"""The collapse theorem: a linear network is one operator ``down_S ∘ K(z) ∘ up_U + b``,
+exact on a region that this module computes.
+
+Two semantics:
+
+* **periodic** — every layer is size-keeping on an ``n``-periodic grid (circular convs with
+  ``left + right = d(k-1)``, 1x1 convs, non-overlapping pools, strides dividing sizes) and
+  at least one conv is circular: the network is ``y = down_S((K X) mod (z^n - 1)) + b``,
+  exact at every output position.
+* **zero-extended** — otherwise the input is the finite signal ``X(z)`` (zero outside the
+  window) and ``c = A X + b`` is the collapsed value on all of ``Z^n``.  A layer reads its
+  input on taps ``j = (s i - e) / u``; the layer-by-layer value equals ``c`` at ``i`` when
+  every tap ``j`` either lies inside the input window where the input was already exact, or
+  lies outside it where the layer's padding supplies 0 *and* ``c`` is identically 0 there
+  (outside the support of ``A X`` and no bias).  Circular/reflect/replicate padding inside a
+  zero-extended network supplies values ``c`` does not have, so such taps are inexact; an
+  average pool that excludes padding divides by a different count at the border.
+
+The region is computed per node as a boolean mask (all channels together) for generic
+weights with the given zero pattern, so it is tight: outside it the two sides differ for
+generic weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
+                      GlobalAvgPool, Input, Linear, Network, Shape, Split)
+from .operator import ConvOperator, vstack
+from .signal import apply_operator
+
+__all__ = ["CollapseResult", "collapse", "is_periodic_network"]
+
+
+@dataclass
+class _Extent:
+    """What is known of a node's value: its window, where it equals the collapsed value,
+    and where the collapsed linear part can be nonzero (a box ``offset`` + mask)."""
+    window: tuple[int, ...]
+    exact: np.ndarray
+    support_offset: tuple[int, ...]
+    support: np.ndarray
+    biased: bool
+
+    def inside(self, index: Sequence[np.ndarray]) -> np.ndarray:
+        ok = np.ones(np.broadcast(*index).shape, dtype=bool)
+        for j, n in zip(index, self.window):
+            ok &= (j >= 0) & (j < n)
+        return ok
+
+    def exact_inside(self, index: Sequence[np.ndarray]) -> np.ndarray:
+        """``True`` where the tap is inside the window and the value there is exact."""
+        inside = self.inside(index)
+        clipped = tuple(np.clip(j, 0, n - 1) for j, n in zip(index, self.window))
+        return inside & self.exact[clipped]
+
+    def maybe_nonzero(self, index: Sequence[np.ndarray]) -> np.ndarray:
+        """``True`` where the collapsed linear part ``A X`` may be nonzero."""
+        ok = np.ones(np.broadcast(*index).shape, dtype=bool)
+        local = []
+        for j, o, n in zip(index, self.support_offset, self.support.shape):
+            k = j - o
+            ok &= (k >= 0) & (k < n)
+            local.append(np.clip(k, 0, n - 1))
+        return ok & self.support[tuple(local)]
+
+    def exact_zero_padded(self, index: Sequence[np.ndarray]) -> np.ndarray:
+        """Equality of the zero-padded layer input with ``c`` at each tap."""
+        outside_ok = np.logical_and(not self.biased, ~self.maybe_nonzero(index))
+        return np.where(self.inside(index), self.exact_inside(index), outside_ok)
+
+
+def _taps(op: ConvOperator) -> list[tuple[int, ...]]:
+    """Exponents with a nonzero coefficient in some entry of the kernel matrix."""
+    taps = {e for row in op.matrix for entry in row for e, _ in entry.iterterms()}
+    return sorted(taps)
+
+
+def _propagate(extent: _Extent, taps: list[tuple[int, ...]], stride: tuple[int, ...],
+               upsample: tuple[int, ...], window: tuple[int, ...], zero_padded: bool,
+               biased: bool) -> _Extent:
+    """Extent of ``down_s K up_u`` applied to a node: output ``i`` reads input ``j`` where
+    ``s i = u j + e``."""
+    grid = np.indices(window, sparse=True)
+    exact = np.ones(window, dtype=bool)
+    for e in taps:
+        numer = [s * i - ei for s, i, ei in zip(stride, grid, e)]
+        divisible = np.ones(exact.shape, dtype=bool)
+        for num, u in zip(numer, upsample):
+            divisible = divisible & (num % u == 0)
+        index = tuple(num // u for num, u in zip(numer, upsample))
+        ok = extent.exact_zero_padded(index) if zero_padded else extent.exact_inside(index)
+        exact &= ~divisible | ok
+    # support of the collapsed linear part: i with some s i - e = u j, j in the old support
+    lows, highs = [], []
+    for axis in range(len(window)):
+        lo = extent.support_offset[axis]
+        hi = lo + extent.support.shape[axis] - 1
+        emin = min(e[axis] for e in taps) if taps else 0
+        emax = max(e[axis] for e in taps) if taps else 0
+        u, s = upsample[axis], stride[axis]
+        lows.append(-((-(u * lo + emin)) // s))
+        highs.append((u * hi + emax) // s)
+    shape = tuple(max(h - l + 1, 1) for l, h in zip(lows, highs))
+    support = np.zeros(shape, dtype=bool)
+    if taps and extent.support.any():
+        grid = np.indices(shape, sparse=True)
+        for e in taps:
+            numer = [s * (g + l) - ei for s, g, l, ei in zip(stride, grid, lows, e)]
+            divisible = np.ones(shape, dtype=bool)
+            for num, u in zip(numer, upsample):
+                divisible = divisible & (num % u == 0)
+            index = tuple(num // u for num, u in zip(numer, upsample))
+            support |= divisible & extent.maybe_nonzero(index)
+    return _Extent(window, exact, tuple(lows), support, biased)
+
+
+def _merge(extents: Sequence[_Extent], biased: bool) -> _Extent:
+    """Add/concat: exact where every input is; support the union of the supports."""
+    window = extents[0].window
+    exact = np.logical_and.reduce([e.exact for e in extents])
+    lows = tuple(min(e.support_offset[a] for e in extents) for a in range(len(window)))
+    highs = tuple(max(e.support_offset[a] + e.support.shape[a] for e in extents)
+                  for a in range(len(window)))
+    support = np.zeros(tuple(h - l for l, h in zip(lows, highs)), dtype=bool)
+    for e in extents:
+        sl = tuple(slice(o - l, o - l + n) for o, l, n in zip(e.support_offset, lows, e.support.shape))
+        support[sl] |= e.support
+    return _Extent(window, exact, lows, support, biased)
+
+
+def is_periodic_network(network: Network, shapes: dict[str, Shape]) -> bool:
+    """True when every spatial layer is size-keeping on a periodic grid and some conv is
+    circular (see the module docstring)."""
+    circular = False
+    for name in network.order():
+        node = network.nodes[name]
+        if isinstance(node, Conv):
+            size = shapes[node.input][1:]
+            if any(n % s for n, s in zip(size, node.stride)):
+                return False
+            extent = [d * (k - 1) for k, d in zip(node.kernel_size, node.dilation)]
+            pads = [l + r for l, r in node.padding]
+            if node.mode == "circular" and pads == extent:
+                circular = True
+            elif not (all(x == 0 for x in extent) and all(p == 0 for p in pads)):
+                return False
+        elif isinstance(node, AvgPool):
+            size = shapes[node.input][1:]
+            if any(node.padding) or node.kernel_size != node.stride or \
+                    any(n % s for n, s in zip(size, node.stride)):
+                return False
+        elif isinstance(node, (ConvTranspose, Flatten, Linear)):
+            return False
+    return circular
+
+
+@dataclass
+class CollapseResult:
+    """A collapsed network: ``operator`` equals the network at the output positions where
+    ``region`` is True (for an input of shape ``input_shape``)."""
+    operator: ConvOperator
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    region: np.ndarray
+    periodic: bool
+
+    @property
+    def exact_everywhere(self) -> bool:
+        return bool(self.region.all())
+
+    def region_box(self) -> tuple[tuple[int, int], ...] | None:
+        """Per axis ``(first, last)`` exact output position; ``None`` if none is exact."""
+        if not self.region.any():
+            return None
+        coords = np.argwhere(self.region)
+        return tuple((int(lo), int(hi)) for lo, hi in zip(coords.min(0), coords.max(0)))
+
+    def apply(self, x: Any) -> np.ndarray:
+        """The collapsed operator applied exactly to ``x`` (shape ``input_shape``): equal to
+        the network on ``region`` (periodic semantics when ``periodic``)."""
+        return apply_operator(self.operator, x, self.output_shape[1:], periodic=self.periodic)
+
+    def describe(self) -> str:
+        op = self.operator
+        kernel = "x".join(map(str, op.kernel_size()))
+        head = (f"{op.out_channels}x{op.in_channels} operator, kernel {kernel}, stride "
+                f"{op.stride}" + (f", up-sampling {op.upsample}" if any(u > 1 for u in op.upsample) else ""))
+        if self.periodic:
+            where = f"exact at every position on {self.input_shape[1:]}-periodic inputs (circular padding)"
+        elif self.exact_everywhere:
+            where = "exact at every output position"
+        else:
+            box = self.region_box()
+            total = self.region.size
+            where = (f"exact on {int(self.region.sum())} of {total} output positions"
+                     + (f", box {box}" if box else ": nowhere"))
+        return f"{head}; {where}"
+
+    def __repr__(self) -> str:
+        return f"CollapseResult({self.describe()})"
+
+
+def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | None = None
+             ) -> CollapseResult:
+    """Collapse a linear network (no flatten/linear) for inputs of ``input_shape`` into one
+    operator and its exact region.  ``periodic=None`` detects the periodic case;
+    ``True`` requires it; ``False`` uses zero-extended semantics."""
+    shapes = network.shapes(input_shape)
+    detected = is_periodic_network(network, shapes)
+    if periodic is True and not detected:
+        raise ValueError("the network is not periodic: every conv must be circular and "
+                         "size-keeping (or 1x1), pools non-overlapping, strides dividing sizes")
+    use_periodic = detected if periodic is None else periodic
+    ring = network.ring()
+    ops: dict[str, ConvOperator] = {}
+    extents: dict[str, _Extent] = {}
+    for name in network.order():
+        node = network.nodes[name]
+        shape = shapes[name]
+        window = shape[1:]
+        if isinstance(node, Input):
+            ops[name] = ConvOperator.identity(ring, shape[0])
+            extents[name] = _Extent(window, np.ones(window, bool), (0,) * len(window),
+                                    np.ones(window, bool), False)
+            continue
+        if isinstance(node, (Flatten, Linear)):
+            raise ValueError(f"node {name!r} ({node.describe()}) is not a convolution; "
+                             "collapse the network to an affine map (collapse_affine) instead")
+        try:
+            if isinstance(node, Add):
+                coefficients = node.coefficients or (1,) * len(node.terms)
+                op = None
+                for term, c in zip(node.terms, coefficients):
+                    part = ops[term] if c == 1 else ops[term] * c
+                    op = part if op is None else op + part
+                ops[name] = op
+            elif isinstance(node, Concat):
+                ops[name] = vstack([ops[p] for p in node.parts])
+            else:
+                (parent,) = node.inputs
+                local = node.operator(ring, shapes[parent])
+                ops[name] = local @ ops[parent]
+        except ValueError as exc:
+            raise ValueError(f"node {name!r} ({node.describe()}): {exc}") from None
+        if use_periodic:
+            continue
+        biased = ops[name].has_bias
+        if isinstance(node, (Add, Concat)):
+            extents[name] = _merge([extents[p] for p in node.inputs], biased)
+        elif isinstance(node, (ChannelAffine, Split)):
+            src = extents[node.inputs[0]]
+            extents[name] = _Extent(window, src.exact.copy(), src.support_offset, src.support, biased)
+        else:
+            (parent,) = node.inputs
+            if isinstance(node, Conv):
+                zero_padded = node.mode == "zeros" or all(p == (0, 0) for p in node.padding)
+            elif isinstance(node, AvgPool):
+                zero_padded = node.count_include_pad or not any(node.padding)
+            else:  # ConvTranspose, GlobalAvgPool: only read inside the window or zeros
+                zero_padded = True
+            extents[name] = _propagate(extents[parent], _taps(local), local.stride,
+                                       local.upsample, window, zero_padded, biased)
+    out = network.output_name
+    out_shape = shapes[out]
+    if len(out_shape) != network.ndim + 1:
+        raise ValueError("the network output is not an image; use collapse_affine")
+    region = np.ones(out_shape[1:], bool) if use_periodic else extents[out].exact
+    return CollapseResult(ops[out], tuple(shapes["input"]), out_shape, region, use_periodic)

@@ -1,0 +1,671 @@
+"""A linear network as a DAG of layers with PyTorch semantics.
+
+Each node keeps its layer in PyTorch's own terms (weights in PyTorch layout, padding on
+both sides, padding mode), so it can be evaluated by explicit index sums
+(:mod:`algebra.affine_map`), and also yields its exact operator
+``down_s ∘ K(z) ∘ up_u + b`` relative to its input (:meth:`Node.operator`), so the network
+can be collapsed (:mod:`algebra.collapse`).
+
+Build networks with :class:`Network` — every method returns a :class:`Value` handle::
+
+    net = Network(ndim=2, in_channels=1)
+    x = net.input
+    h = net.conv(x, w1, b1, padding=1)
+    y = x + net.conv(h, w2, padding=1)          # a residual block
+    net.set_output(net.batch_norm(y, mean, var, gamma, beta))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property, reduce
+from typing import Any, Sequence
+
+import numpy as np
+import sympy
+from sympy.polys.domains import QQ
+from sympy.polys.domains.domain import Domain
+
+from .exact import exact_rational, to_domain
+from .laurent import LaurentRing, _as_axis_tuple
+from .layout import _as_array, _check_finite, default_ring, operator_from_weight
+from .operator import ConvOperator
+
+__all__ = ["Network", "Value", "Node", "Input", "Conv", "ConvTranspose", "ChannelAffine",
+           "Add", "Concat", "Split", "AvgPool", "GlobalAvgPool", "Flatten", "Linear",
+           "PADDING_MODES"]
+
+PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+
+Shape = tuple[int, ...]  # (C, *spatial) for images, (N,) after Flatten
+
+
+def _pairs(padding: Any, ndim: int) -> tuple[tuple[int, int], ...]:
+    """Padding per axis as ``(left, right)``: an int, a per-axis tuple, or per-axis pairs."""
+    if isinstance(padding, (int, np.integer)):
+        return ((int(padding), int(padding)),) * ndim
+    padding = tuple(padding)
+    if len(padding) != ndim:
+        raise ValueError(f"padding needs {ndim} entries (one per axis), got {padding}")
+    out = []
+    for p in padding:
+        if isinstance(p, (int, np.integer)):
+            out.append((int(p), int(p)))
+        else:
+            left, right = p
+            out.append((int(left), int(right)))
+    if any(v < 0 for pair in out for v in pair):
+        raise ValueError(f"padding must be non-negative, got {padding}")
+    return tuple(out)
+
+
+def _exact_array(values: Any, what: str) -> np.ndarray:
+    """A numpy array of exact entries (floats kept as floats, converted later exactly)."""
+    array = _as_array(values)
+    _check_finite(array, what)
+    return array
+
+
+class Node:
+    """A layer.  ``inputs`` are node names; subclasses define the shape rule, the exact
+    operator relative to the input, and carry the PyTorch parameters."""
+    inputs: tuple[str, ...] = ()
+    spatial: bool = True  # acts on (C, *n) images, so it has a convolution operator
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        raise NotImplementedError
+
+    def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
+        raise NotImplementedError(f"{type(self).__name__} has no convolution operator")
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Input(Node):
+    channels: int
+    ndim: int
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        raise RuntimeError("the input shape is given by the caller")
+
+
+@dataclass(frozen=True, eq=False)
+class Conv(Node):
+    """``F.conv{n}d(F.pad(x, padding, mode), weight, bias, stride, dilation, groups)``.
+
+    ``padding`` is ``(left, right)`` per axis; ``mode`` one of ``zeros``, ``circular``,
+    ``reflect``, ``replicate`` (``valid`` is zeros with padding 0)."""
+    input: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    groups: int
+    mode: str = "zeros"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[2:])
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (c, *n), = in_shapes
+        groups = self.groups
+        if c != self.weight.shape[1] * groups:
+            raise ValueError(f"conv expects {self.weight.shape[1] * groups} input channels, got {c}")
+        out = []
+        for size, (left, right), k, s, d in zip(n, self.padding, self.kernel_size, self.stride,
+                                                self.dilation):
+            if self.mode != "zeros" and (left >= size or right >= size) and self.mode != "circular":
+                raise ValueError(f"{self.mode} padding {left, right} needs an input larger than {size}")
+            span = size + left + right - d * (k - 1)
+            if span <= 0:
+                raise ValueError(f"input size {size} is too small for kernel {k} (dilation {d}) "
+                                 f"with padding {(left, right)}")
+            out.append((span - 1) // s + 1)
+        return (self.weight.shape[0], *out)
+
+    def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
+        return operator_from_weight(self.weight, self.bias, stride=self.stride,
+                                    padding=tuple(l for l, _ in self.padding),
+                                    dilation=self.dilation, groups=self.groups, ring=ring,
+                                    domain=ring.domain)
+
+    def describe(self) -> str:
+        k = "x".join(map(str, self.kernel_size))
+        extras = [f"s={self.stride}"] if any(s > 1 for s in self.stride) else []
+        if any(d > 1 for d in self.dilation):
+            extras.append(f"d={self.dilation}")
+        if self.groups > 1:
+            extras.append(f"g={self.groups}")
+        pad = "valid" if all(p == (0, 0) for p in self.padding) else f"{self.mode} {self.padding}"
+        return f"conv {self.weight.shape[1] * self.groups}->{self.weight.shape[0]} {k} {pad} {' '.join(extras)}".strip()
+
+
+@dataclass(frozen=True, eq=False)
+class ConvTranspose(Node):
+    """``F.conv_transpose{n}d(x, weight, bias, stride, padding, output_padding, groups,
+    dilation)``; weight ``(C_in, C_out/g, *k)``.  Zero-insertion up-sampling is the case of a
+    ``1 x 1`` identity weight."""
+    input: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (c, *n), = in_shapes
+        if c != self.weight.shape[0]:
+            raise ValueError(f"transposed conv expects {self.weight.shape[0]} input channels, got {c}")
+        out = [(size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
+               zip(n, self.stride, self.padding, self.dilation, self.weight.shape[2:],
+                   self.output_padding)]
+        if any(o <= 0 for o in out):
+            raise ValueError(f"transposed conv output size {out} is empty")
+        return (self.weight.shape[1] * self.groups, *out)
+
+    def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
+        return operator_from_weight(self.weight, self.bias, stride=self.stride,
+                                    padding=self.padding, dilation=self.dilation,
+                                    groups=self.groups, transposed=True, ring=ring,
+                                    domain=ring.domain)
+
+    def describe(self) -> str:
+        return f"conv_transpose {self.weight.shape[0]}->{self.weight.shape[1] * self.groups} s={self.stride}"
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelAffine(Node):
+    """``y_c = scale_c x_c + shift_c`` (eval-mode batch norm, a per-channel or scalar scale)."""
+    input: str
+    scale: tuple[Any, ...]
+    shift: tuple[Any, ...] | None
+    label: str = "affine"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (shape,) = in_shapes
+        if len(self.scale) != shape[0]:
+            raise ValueError(f"{self.label} has {len(self.scale)} channels, its input {shape[0]}")
+        return shape
+
+    def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
+        return ConvOperator.scale(ring, [to_domain(v, ring.domain) for v in self.scale],
+                                  None if self.shift is None else
+                                  [to_domain(v, ring.domain) for v in self.shift])
+
+    def describe(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True, eq=False)
+class Add(Node):
+    """``y = sum_k c_k x_k`` (skip connections, parallel branches, skip weights)."""
+    terms: tuple[str, ...]
+    coefficients: tuple[Any, ...] | None = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.terms
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        if len(set(in_shapes)) != 1:
+            raise ValueError(f"add needs inputs of one shape, got {list(in_shapes)}")
+        return in_shapes[0]
+
+    def describe(self) -> str:
+        return f"add ({len(self.terms)} terms)"
+
+
+@dataclass(frozen=True, eq=False)
+class Concat(Node):
+    """Channel concatenation ``torch.cat(xs, dim=1)``."""
+    parts: tuple[str, ...]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.parts
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        spatial = {s[1:] for s in in_shapes}
+        if len(spatial) != 1:
+            raise ValueError(f"concat needs equal spatial sizes, got {list(in_shapes)}")
+        return (sum(s[0] for s in in_shapes), *in_shapes[0][1:])
+
+    def describe(self) -> str:
+        return f"concat ({len(self.parts)} parts)"
+
+
+@dataclass(frozen=True, eq=False)
+class Split(Node):
+    """Channels ``start:stop`` of the input (``torch.split``/slicing)."""
+    input: str
+    start: int
+    stop: int
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (shape,) = in_shapes
+        if not 0 <= self.start < self.stop <= shape[0]:
+            raise ValueError(f"split {self.start}:{self.stop} is outside the {shape[0]} channels")
+        return (self.stop - self.start, *shape[1:])
+
+    def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
+        return ConvOperator.identity(ring, in_shape[0])[self.start:self.stop]
+
+    def describe(self) -> str:
+        return f"split {self.start}:{self.stop}"
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool(Node):
+    """``F.avg_pool{n}d(x, kernel, stride, padding, ceil_mode=False, count_include_pad)``."""
+    input: str
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    count_include_pad: bool = True
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (c, *n), = in_shapes
+        out = [(size + 2 * p - k) // s + 1 for size, k, s, p in
+               zip(n, self.kernel_size, self.stride, self.padding)]
+        if any(o <= 0 for o in out):
+            raise ValueError(f"average pooling {self.kernel_size} does not fit the input {tuple(n)}")
+        return (c, *out)
+
+    def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
+        weight = 1 / sympy.Integer(int(np.prod(self.kernel_size)))
+        tap = ring.from_dict({tuple(p - a for p, a in zip(self.padding, index)): weight
+                              for index in np.ndindex(*self.kernel_size)})
+        channels = in_shape[0]
+        return ConvOperator(ring, [[tap if i == j else ring.zero for j in range(channels)]
+                                   for i in range(channels)], stride=self.stride)
+
+    def describe(self) -> str:
+        return f"avg_pool {self.kernel_size} s={self.stride} p={self.padding}" + \
+            ("" if self.count_include_pad or not any(self.padding) else " (exclude pad)")
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalAvgPool(Node):
+    """``x.mean(spatial axes, keepdim=True)``: output size 1 per axis."""
+    input: str
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (c, *n), = in_shapes
+        return (c, *([1] * len(n)))
+
+    def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
+        c, *n = in_shape
+        weight = 1 / sympy.Integer(int(np.prod(n)))
+        tap = ring.from_dict({tuple(-a for a in index): weight for index in np.ndindex(*n)})
+        return ConvOperator(ring, [[tap if i == j else ring.zero for j in range(c)]
+                                   for i in range(c)], stride=tuple(n))
+
+    def describe(self) -> str:
+        return "global_avg_pool"
+
+
+@dataclass(frozen=True, eq=False)
+class Flatten(Node):
+    """``x.flatten(1)`` (C-order: channel, then the spatial axes)."""
+    input: str
+    spatial = False
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (shape,) = in_shapes
+        return (int(np.prod(shape)),)
+
+    def describe(self) -> str:
+        return "flatten"
+
+
+@dataclass(frozen=True, eq=False)
+class Linear(Node):
+    """``F.linear(x, weight, bias)``: ``y = W x + b`` on flat vectors."""
+    input: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+    spatial = False
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (shape,) = in_shapes
+        if len(shape) != 1:
+            raise ValueError(f"linear needs a flat input (use flatten), got shape {shape}")
+        if shape[0] != self.weight.shape[1]:
+            raise ValueError(f"linear expects {self.weight.shape[1]} inputs, got {shape[0]}")
+        return (self.weight.shape[0],)
+
+    def describe(self) -> str:
+        return f"linear {self.weight.shape[1]}->{self.weight.shape[0]}"
+
+
+class Value:
+    """A handle on a node's output, for building networks that read like the math:
+    ``x + net.conv(x, w)`` adds a skip, ``0.5 * h`` scales."""
+
+    __slots__ = ("network", "name")
+
+    def __init__(self, network: "Network", name: str):
+        self.network, self.name = network, name
+
+    def __add__(self, other: "Value") -> "Value":
+        if not isinstance(other, Value):
+            return NotImplemented
+        return self.network.add(self, other)
+
+    def __mul__(self, scalar: Any) -> "Value":
+        if isinstance(scalar, Value):
+            return NotImplemented
+        channels = self.network.channels(self)
+        return self.network.channel_affine(self, [scalar] * channels, label=f"scale {scalar}")
+
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        return f"Value({self.name!r})"
+
+
+class Network:
+    """A DAG of linear layers with one input (``(C, *n)`` images in ``ndim`` dimensions)."""
+
+    def __init__(self, ndim: int, in_channels: int, domain: Domain = QQ):
+        if ndim not in (1, 2, 3):
+            raise ValueError(f"ndim must be 1, 2 or 3, got {ndim}")
+        self.ndim = ndim
+        self.in_channels = in_channels
+        self.base_domain = domain
+        self.nodes: dict[str, Node] = {"input": Input(in_channels, ndim)}
+        self._channels: dict[str, int | None] = {"input": in_channels}
+        self._extra_domains: list[Domain] = []
+        self.output_name = "input"
+
+    # -- builder --------------------------------------------------------------------------
+    @property
+    def input(self) -> Value:
+        return Value(self, "input")
+
+    def _name(self, node: Node, name: str | None) -> str:
+        if name is None:
+            prefix = type(node).__name__.lower()
+            count = sum(1 for n in self.nodes if n.startswith(prefix))
+            name = f"{prefix}{count + 1}"
+            while name in self.nodes:
+                count += 1
+                name = f"{prefix}{count + 1}"
+        if name in self.nodes:
+            raise ValueError(f"a node named {name!r} already exists")
+        return name
+
+    def _ref(self, value: Value | str) -> str:
+        name = value.name if isinstance(value, Value) else value
+        if isinstance(value, Value) and value.network is not self:
+            raise ValueError("that value belongs to another network")
+        if name not in self.nodes:
+            raise KeyError(f"no node named {name!r}")
+        return name
+
+    def _add_node(self, node: Node, name: str | None) -> Value:
+        name = self._name(node, name)
+        self.nodes[name] = node
+        self.output_name = name
+        return Value(self, name)
+
+    def channels(self, value: Value | str) -> int:
+        """Channels of a node's output (spatial nodes only)."""
+        name = self._ref(value)
+        shapes = self.shapes((self.in_channels, *([64] * self.ndim)), stop=name, check=False)
+        return shapes[name][0]
+
+    def conv(self, x: Value | str, weight: Any, bias: Any = None, *, stride: Any = 1,
+             padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
+             name: str | None = None) -> Value:
+        """``nn.Conv{n}d`` semantics.  ``padding`` may be an int, per-axis ints, per-axis
+        ``(left, right)`` pairs, ``'valid'`` or ``'same'``."""
+        w = _exact_array(weight, "weight")
+        if w.ndim != self.ndim + 2:
+            raise ValueError(f"a {self.ndim}-D conv needs a weight with {self.ndim + 2} axes, got {w.shape}")
+        b = None if bias is None else _exact_array(bias, "bias")
+        if b is not None and b.shape != (w.shape[0],):
+            raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        stride = _as_axis_tuple(stride, self.ndim, "stride")
+        dilation = _as_axis_tuple(dilation, self.ndim, "dilation")
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = 0
+            elif padding == "same":
+                if any(s != 1 for s in stride):
+                    raise ValueError("padding='same' needs stride 1")
+                total = [d * (k - 1) for k, d in zip(w.shape[2:], dilation)]
+                padding = tuple((t // 2, t - t // 2) for t in total)
+            else:
+                raise ValueError(f"padding must be an int, tuple, 'valid' or 'same', got {padding!r}")
+        if groups < 1 or w.shape[0] % groups:
+            raise ValueError(f"groups={groups} must divide the {w.shape[0]} output channels")
+        self._note_domain(w)
+        node = Conv(self._ref(x), w, b, stride, _pairs(padding, self.ndim), dilation, groups,
+                    padding_mode)
+        return self._add_node(node, name)
+
+    def conv_operator(self, x: Value | str, op: ConvOperator, *, padding: Any = None,
+                      padding_mode: str = "zeros", name: str | None = None) -> Value:
+        """A conv given by an exact (possibly symbolic) operator ``down_s K``: its PyTorch
+        layout (left padding = the largest exponent) with ``padding`` on the right
+        (default: the same as the left)."""
+        if any(u != 1 for u in op.upsample):
+            raise ValueError("use conv_transpose for up-sampling operators")
+        layout = op.to_weight(dtype=object)
+        left = layout.padding
+        if padding is None:
+            right = left
+        else:
+            right = _as_axis_tuple(padding, self.ndim, "padding")
+        self._extra_domains.append(op.ring.domain)
+        return self.conv(x, layout.weight, layout.bias, stride=layout.stride,
+                         padding=tuple(zip(left, right)), padding_mode=padding_mode, name=name)
+
+    def conv_transpose(self, x: Value | str, weight: Any, bias: Any = None, *, stride: Any = 1,
+                       padding: Any = 0, output_padding: Any = 0, dilation: Any = 1,
+                       groups: int = 1, name: str | None = None) -> Value:
+        """``nn.ConvTranspose{n}d`` semantics (weight ``(C_in, C_out/g, *k)``)."""
+        w = _exact_array(weight, "weight")
+        b = None if bias is None else _exact_array(bias, "bias")
+        self._note_domain(w)
+        node = ConvTranspose(self._ref(x), w, b, _as_axis_tuple(stride, self.ndim, "stride"),
+                             _as_axis_tuple(padding, self.ndim, "padding"),
+                             _as_axis_tuple(output_padding, self.ndim, "output_padding"),
+                             _as_axis_tuple(dilation, self.ndim, "dilation"), groups)
+        return self._add_node(node, name)
+
+    def upsample(self, x: Value | str, factor: Any, name: str | None = None) -> Value:
+        """Zero-insertion up-sampling ``X(z) -> X(z^u)`` (output size ``(n-1) u + 1``)."""
+        channels = self.channels(x)
+        weight = np.zeros((channels, 1, *([1] * self.ndim)), dtype=np.int64)
+        weight[:, 0] = 1
+        return self.conv_transpose(x, weight, stride=factor, groups=channels, name=name)
+
+    def channel_affine(self, x: Value | str, scale: Sequence[Any], shift: Sequence[Any] | None = None,
+                       *, label: str = "affine", name: str | None = None) -> Value:
+        """``y_c = scale_c x_c + shift_c``."""
+        scale = tuple(scale)
+        shift = None if shift is None else tuple(shift)
+        for v in scale + (shift or ()):
+            if isinstance(v, (float, np.floating)) and not np.isfinite(v):
+                raise ValueError(f"{label} has a non-finite value {v}")
+            if isinstance(v, sympy.Basic) and v.free_symbols:
+                self._extra_domains.append(self.base_domain[sorted(v.free_symbols, key=str)])
+        return self._add_node(ChannelAffine(self._ref(x), scale, shift, label), name)
+
+    def batch_norm(self, x: Value | str, running_mean: Any, running_var: Any, weight: Any = None,
+                   bias: Any = None, eps: float = 1e-5, name: str | None = None) -> Value:
+        """Eval-mode ``nn.BatchNorm``: ``y = gamma (x - mean) / sqrt(var + eps) + beta``.
+
+        ``sqrt`` is irrational in general: the factor ``gamma / sqrt(var + eps)`` is computed
+        in float64 and then taken exactly (one rounding, like PyTorch's own float kernels,
+        which round far more).  Give ``channel_affine`` exact or symbolic values instead when
+        the exact square root matters."""
+        mean = np.asarray(_exact_array(running_mean, "running_mean"), dtype=np.float64)
+        var = np.asarray(_exact_array(running_var, "running_var"), dtype=np.float64)
+        gamma = np.ones_like(mean) if weight is None else np.asarray(_as_array(weight), np.float64)
+        beta = np.zeros_like(mean) if bias is None else np.asarray(_as_array(bias), np.float64)
+        if np.any(var + eps <= 0):
+            raise ValueError("batch norm running_var + eps must be positive")
+        scale = gamma / np.sqrt(var + eps)
+        shift = beta - mean * scale
+        return self.channel_affine(x, list(scale), list(shift), label="batch_norm", name=name)
+
+    def add(self, *terms: Value | str, coefficients: Sequence[Any] | None = None,
+            name: str | None = None) -> Value:
+        if len(terms) < 2:
+            raise ValueError("add needs at least two terms")
+        if coefficients is not None and len(coefficients) != len(terms):
+            raise ValueError("add needs one coefficient per term")
+        return self._add_node(Add(tuple(self._ref(t) for t in terms),
+                                  None if coefficients is None else tuple(coefficients)), name)
+
+    def concat(self, *parts: Value | str, name: str | None = None) -> Value:
+        if len(parts) < 2:
+            raise ValueError("concat needs at least two parts")
+        return self._add_node(Concat(tuple(self._ref(p) for p in parts)), name)
+
+    def split(self, x: Value | str, sizes: Sequence[int]) -> list[Value]:
+        """``torch.split(x, sizes, dim=1)``."""
+        out, start = [], 0
+        for size in sizes:
+            out.append(self._add_node(Split(self._ref(x), start, start + int(size)), None))
+            start += int(size)
+        return out
+
+    def channels_slice(self, x: Value | str, start: int, stop: int, name: str | None = None) -> Value:
+        return self._add_node(Split(self._ref(x), start, stop), name)
+
+    def avg_pool(self, x: Value | str, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                 count_include_pad: bool = True, name: str | None = None) -> Value:
+        """``nn.AvgPool{n}d`` (``ceil_mode=False``)."""
+        k = _as_axis_tuple(kernel_size, self.ndim, "kernel_size")
+        s = k if stride is None else _as_axis_tuple(stride, self.ndim, "stride")
+        p = _as_axis_tuple(padding, self.ndim, "padding")
+        if any(2 * pi > ki for pi, ki in zip(p, k)):
+            raise ValueError(f"pad should be at most half of the kernel size, got {p} for {k}")
+        return self._add_node(AvgPool(self._ref(x), k, s, p, count_include_pad), name)
+
+    def global_avg_pool(self, x: Value | str, name: str | None = None) -> Value:
+        return self._add_node(GlobalAvgPool(self._ref(x)), name)
+
+    def flatten(self, x: Value | str, name: str | None = None) -> Value:
+        return self._add_node(Flatten(self._ref(x)), name)
+
+    def linear(self, x: Value | str, weight: Any, bias: Any = None, name: str | None = None) -> Value:
+        w = _exact_array(weight, "weight")
+        if w.ndim != 2:
+            raise ValueError(f"linear weight must be 2-D, got shape {w.shape}")
+        b = None if bias is None else _exact_array(bias, "bias")
+        self._note_domain(w)
+        return self._add_node(Linear(self._ref(x), w, b), name)
+
+    def set_output(self, value: Value | str) -> None:
+        self.output_name = self._ref(value)
+
+    # -- queries --------------------------------------------------------------------------
+    def _note_domain(self, array: np.ndarray) -> None:
+        if array.dtype == object:
+            symbols: set[sympy.Symbol] = set()
+            for v in array.flat:
+                if isinstance(v, sympy.Basic):
+                    symbols |= v.free_symbols
+            if symbols:
+                self._extra_domains.append(self.base_domain[sorted(symbols, key=str)])
+
+    @property
+    def domain(self) -> Domain:
+        """The coefficient domain of the network: the base domain, or a polynomial ring over
+        it holding every weight symbol."""
+        return reduce(lambda a, b: a.unify(b), self._extra_domains, self.base_domain)
+
+    def ring(self) -> LaurentRing:
+        return default_ring(self.ndim, self.domain)
+
+    def order(self, stop: str | None = None) -> list[str]:
+        """Node names in a topological order ending at ``stop`` (default: the output),
+        restricted to the nodes it depends on."""
+        target = self.output_name if stop is None else stop
+        seen: dict[str, None] = {}
+
+        def visit(name: str) -> None:
+            if name in seen:
+                return
+            for parent in self.nodes[name].inputs:
+                visit(parent)
+            seen[name] = None
+        visit(target)
+        return list(seen)
+
+    def shapes(self, input_shape: Sequence[int], stop: str | None = None, check: bool = True
+               ) -> dict[str, Shape]:
+        """Output shape of every node for an input of shape ``(C, *n)``."""
+        input_shape = tuple(int(v) for v in input_shape)
+        if len(input_shape) != self.ndim + 1:
+            raise ValueError(f"input shape must be (C, {', '.join('n' * self.ndim)}), got {input_shape}")
+        if input_shape[0] != self.in_channels:
+            raise ValueError(f"the network takes {self.in_channels} channels, got {input_shape[0]}")
+        out: dict[str, Shape] = {"input": input_shape}
+        for name in self.order(stop):
+            if name == "input":
+                continue
+            node = self.nodes[name]
+            try:
+                out[name] = node.out_shape([out[p] for p in node.inputs])
+            except ValueError as exc:
+                raise ValueError(f"node {name!r} ({node.describe()}): {exc}") from None
+        return out
+
+    def summary(self, input_shape: Sequence[int] | None = None) -> str:
+        shapes = self.shapes(input_shape) if input_shape is not None else {}
+        lines = []
+        for name in self.order():
+            node = self.nodes[name]
+            src = ", ".join(node.inputs)
+            shape = f"  -> {shapes[name]}" if name in shapes else ""
+            lines.append(f"{name:<12} {node.describe():<40} <- {src}{shape}" if src else
+                         f"{name:<12} input{shape}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Network({self.ndim}-D, {len(self.nodes)} nodes, output {self.output_name!r})"
