@@ -29,3 +29,6 @@ from .affine_map import AffineMap, collapse_affine
 
 __all__ += ["Network", "Value", "PADDING_MODES", "CollapseResult", "collapse", "AffineMap",
             "collapse_affine"]
+from .prove import Certificate, Counterexample, prove, prove_collapse
+
+__all__ += ["Certificate", "Counterexample", "prove", "prove_collapse"]
