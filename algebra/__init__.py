@@ -32,3 +32,6 @@ __all__ += ["Network", "Value", "PADDING_MODES", "CollapseResult", "collapse", "
 from .prove import Certificate, Counterexample, prove, prove_collapse
 
 __all__ += ["Certificate", "Counterexample", "prove", "prove_collapse"]
+from .identities import LIBRARY, Identity, prove_library
+
+__all__ += ["LIBRARY", "Identity", "prove_library"]

@@ -479,7 +479,7 @@ class Network:
                 raise ValueError(f"padding must be an int, tuple, 'valid' or 'same', got {padding!r}")
         if groups < 1 or w.shape[0] % groups:
             raise ValueError(f"groups={groups} must divide the {w.shape[0]} output channels")
-        self._note_domain(w)
+        self._note_domain(w, b)
         node = Conv(self._ref(x), w, b, stride, _pairs(padding, self.ndim), dilation, groups,
                     padding_mode)
         return self._add_node(node, name)
@@ -507,7 +507,7 @@ class Network:
         """``nn.ConvTranspose{n}d`` semantics (weight ``(C_in, C_out/g, *k)``)."""
         w = _exact_array(weight, "weight")
         b = None if bias is None else _exact_array(bias, "bias")
-        self._note_domain(w)
+        self._note_domain(w, b)
         node = ConvTranspose(self._ref(x), w, b, _as_axis_tuple(stride, self.ndim, "stride"),
                              _as_axis_tuple(padding, self.ndim, "padding"),
                              _as_axis_tuple(output_padding, self.ndim, "output_padding"),
@@ -597,21 +597,23 @@ class Network:
         if w.ndim != 2:
             raise ValueError(f"linear weight must be 2-D, got shape {w.shape}")
         b = None if bias is None else _exact_array(bias, "bias")
-        self._note_domain(w)
+        self._note_domain(w, b)
         return self._add_node(Linear(self._ref(x), w, b), name)
 
     def set_output(self, value: Value | str) -> None:
         self.output_name = self._ref(value)
 
     # -- queries --------------------------------------------------------------------------
-    def _note_domain(self, array: np.ndarray) -> None:
-        if array.dtype == object:
-            symbols: set[sympy.Symbol] = set()
-            for v in array.flat:
-                if isinstance(v, sympy.Basic):
-                    symbols |= v.free_symbols
-            if symbols:
-                self._extra_domains.append(self.base_domain[sorted(symbols, key=str)])
+    def _note_domain(self, *arrays: np.ndarray | None) -> None:
+        """Widen the network's domain by the symbols of object-array weights/biases."""
+        symbols: set[sympy.Symbol] = set()
+        for array in arrays:
+            if array is not None and array.dtype == object:
+                for v in array.flat:
+                    if isinstance(v, sympy.Basic):
+                        symbols |= v.free_symbols
+        if symbols:
+            self._extra_domains.append(self.base_domain[sorted(symbols, key=str)])
 
     @property
     def domain(self) -> Domain:

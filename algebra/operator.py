@@ -314,7 +314,7 @@ class ConvOperator:
 
     def dilate(self, factors: int | Sequence[int]) -> "ConvOperator":
         """Dilation: ``K(z^d)``, the same strides."""
-        return self._replace([[e.subs_power(1) for e in row] for row in self.matrix])
+        return self._replace([[e.subs_power(factors) for e in row] for row in self.matrix])
 
     def transpose_channels(self) -> "ConvOperator":
         return self._replace([list(col) for col in zip(*self.matrix)],
