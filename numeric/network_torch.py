@@ -1,0 +1,126 @@
+"""Running an :class:`algebra.Network` layer by layer with ``torch.nn.functional``.
+
+This is the floating-point evaluation of the same DAG that :mod:`algebra.collapse`
+collapses: ``F.pad(mode)`` + ``F.conv{n}d`` for convolutions, ``F.conv_transpose{n}d``,
+per-channel scale and shift, ``F.avg_pool{n}d``, mean over the spatial axes, flatten and
+``F.linear``.  Weights are converted once (exact rationals and sympy numbers to the
+requested dtype); symbolic weights are refused.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import sympy
+import torch
+import torch.nn.functional as F
+
+from algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
+                             GlobalAvgPool, Input, Linear, Network, Split)
+
+__all__ = ["NetworkModule", "network_forward"]
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _tensor(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
+    array = np.asarray(values)
+    if array.dtype == object:
+        flat = []
+        for v in array.flat:
+            if isinstance(v, sympy.Basic):
+                if v.free_symbols:
+                    raise ValueError(f"{what} is symbolic ({v}); substitute values first")
+                v = float(v)
+            flat.append(float(v))
+        array = np.array(flat, dtype=np.float64).reshape(array.shape)
+    return torch.as_tensor(np.asarray(array, dtype=np.float64), dtype=dtype)
+
+
+def _pad_list(padding: tuple[tuple[int, int], ...]) -> list[int]:
+    """``F.pad`` order: last axis first, ``(left, right)`` each."""
+    out: list[int] = []
+    for left, right in reversed(padding):
+        out += [left, right]
+    return out
+
+
+class NetworkModule(torch.nn.Module):
+    """``nn.Module`` evaluating a :class:`Network` on batches ``(B, C, *n)``."""
+
+    def __init__(self, network: Network, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.network = network
+        self.order = network.order()
+        self.dtype = dtype
+        self.params: dict[str, dict[str, torch.Tensor | None]] = {}
+        for name in self.order:
+            node = network.nodes[name]
+            if isinstance(node, (Conv, ConvTranspose, Linear)):
+                self.params[name] = {
+                    "weight": _tensor(node.weight, dtype, f"node {name!r} weight"),
+                    "bias": None if node.bias is None else _tensor(node.bias, dtype, f"node {name!r} bias")}
+            elif isinstance(node, ChannelAffine):
+                self.params[name] = {
+                    "scale": _tensor(list(node.scale), dtype, f"node {name!r} scale"),
+                    "shift": None if node.shift is None else _tensor(list(node.shift), dtype, f"node {name!r} shift")}
+            elif isinstance(node, Add) and node.coefficients is not None:
+                self.params[name] = {"coefficients": _tensor(list(node.coefficients), dtype,
+                                                             f"node {name!r} coefficients")}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ndim = self.network.ndim
+        values: dict[str, torch.Tensor] = {}
+        for name in self.order:
+            node = self.network.nodes[name]
+            p = self.params.get(name, {})
+            if isinstance(node, Input):
+                values[name] = x.to(self.dtype)
+                continue
+            inputs = [values[i] for i in node.inputs]
+            if isinstance(node, Conv):
+                h = inputs[0]
+                if any(pair != (0, 0) for pair in node.padding):
+                    mode = "constant" if node.mode == "zeros" else node.mode
+                    h = F.pad(h, _pad_list(node.padding), mode=mode)
+                out = _CONV[ndim](h, p["weight"], p["bias"], stride=node.stride,
+                                  dilation=node.dilation, groups=node.groups)
+            elif isinstance(node, ConvTranspose):
+                out = _CONV_T[ndim](inputs[0], p["weight"], p["bias"], stride=node.stride,
+                                    padding=node.padding, output_padding=node.output_padding,
+                                    groups=node.groups, dilation=node.dilation)
+            elif isinstance(node, ChannelAffine):
+                view = (1, -1) + (1,) * ndim
+                out = inputs[0] * p["scale"].view(view)
+                if p["shift"] is not None:
+                    out = out + p["shift"].view(view)
+            elif isinstance(node, Add):
+                if "coefficients" in p:
+                    out = sum(c * v for c, v in zip(p["coefficients"], inputs))
+                else:
+                    out = sum(inputs[1:], inputs[0])
+            elif isinstance(node, Concat):
+                out = torch.cat(inputs, dim=1)
+            elif isinstance(node, Split):
+                out = inputs[0][:, node.start:node.stop]
+            elif isinstance(node, AvgPool):
+                out = _POOL[ndim](inputs[0], node.kernel_size, node.stride, node.padding,
+                                  count_include_pad=node.count_include_pad)
+            elif isinstance(node, GlobalAvgPool):
+                out = inputs[0].mean(dim=tuple(range(2, 2 + ndim)), keepdim=True)
+            elif isinstance(node, Flatten):
+                out = inputs[0].flatten(1)
+            elif isinstance(node, Linear):
+                out = F.linear(inputs[0], p["weight"], p["bias"])
+            else:
+                raise TypeError(f"node {name!r}: no torch evaluation for {type(node).__name__}")
+            values[name] = out
+        return values[self.network.output_name]
+
+
+def network_forward(network: Network, x: torch.Tensor, dtype: torch.dtype = torch.float64
+                    ) -> torch.Tensor:
+    """``NetworkModule(network, dtype)(x)``."""
+    return NetworkModule(network, dtype)(x)
