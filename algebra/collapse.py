@@ -32,7 +32,8 @@ from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, 
 from .operator import ConvOperator, vstack
 from .signal import apply_operator
 
-__all__ = ["CollapseResult", "collapse", "is_periodic_network"]
+__all__ = ["CollapseResult", "collapse", "collapse_walk", "AlgebraBackend", "WalkResult",
+           "is_periodic_network"]
 
 
 @dataclass
@@ -204,51 +205,85 @@ class CollapseResult:
         return f"CollapseResult({self.describe()})"
 
 
-def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | None = None
-             ) -> CollapseResult:
-    """Collapse a linear network (no flatten/linear) for inputs of ``input_shape`` into one
-    operator and its exact region.  ``periodic=None`` detects the periodic case;
-    ``True`` requires it; ``False`` uses zero-extended semantics."""
+class AlgebraBackend:
+    """How :func:`collapse_walk` makes and combines exact operators (:class:`ConvOperator`).
+    A backend provides ``identity``, ``node_operator``, ``combine`` (weighted sums),
+    ``vstack``, ``taps`` and ``has_bias``; :mod:`numeric` provides one for float arrays."""
+
+    def __init__(self, network: Network):
+        self.ring = network.ring()
+
+    def identity(self, channels: int) -> ConvOperator:
+        return ConvOperator.identity(self.ring, channels)
+
+    def node_operator(self, node: Any, in_shape: Shape) -> ConvOperator:
+        return node.operator(self.ring, in_shape)
+
+    def combine(self, ops: Sequence[ConvOperator], coefficients: Sequence[Any]) -> ConvOperator:
+        total = None
+        for op, c in zip(ops, coefficients):
+            part = op if c == 1 else op * c
+            total = part if total is None else total + part
+        return total
+
+    def vstack(self, ops: Sequence[ConvOperator]) -> ConvOperator:
+        return vstack(ops)
+
+    def taps(self, op: ConvOperator) -> list[tuple[int, ...]]:
+        return _taps(op)
+
+    def has_bias(self, op: ConvOperator) -> bool:
+        return op.has_bias
+
+
+@dataclass
+class WalkResult:
+    operator: Any
+    shapes: dict[str, Shape]
+    region: np.ndarray
+    periodic: bool
+
+
+def collapse_walk(network: Network, input_shape: Sequence[int], backend: Any,
+                  periodic: bool | None = None) -> WalkResult:
+    """Compose every node's operator along the DAG (``backend`` makes them) and propagate
+    the exact region (see the module docstring)."""
     shapes = network.shapes(input_shape)
     detected = is_periodic_network(network, shapes)
     if periodic is True and not detected:
         raise ValueError("the network is not periodic: every conv must be circular and "
                          "size-keeping (or 1x1), pools non-overlapping, strides dividing sizes")
     use_periodic = detected if periodic is None else periodic
-    ring = network.ring()
-    ops: dict[str, ConvOperator] = {}
+    ops: dict[str, Any] = {}
     extents: dict[str, _Extent] = {}
     for name in network.order():
         node = network.nodes[name]
         shape = shapes[name]
         window = shape[1:]
         if isinstance(node, Input):
-            ops[name] = ConvOperator.identity(ring, shape[0])
+            ops[name] = backend.identity(shape[0])
             extents[name] = _Extent(window, np.ones(window, bool), (0,) * len(window),
                                     np.ones(window, bool), False)
             continue
         if isinstance(node, (Flatten, Linear)):
             raise ValueError(f"node {name!r} ({node.describe()}) is not a convolution; "
                              "collapse the network to an affine map (collapse_affine) instead")
+        local = None
         try:
             if isinstance(node, Add):
-                coefficients = node.coefficients or (1,) * len(node.terms)
-                op = None
-                for term, c in zip(node.terms, coefficients):
-                    part = ops[term] if c == 1 else ops[term] * c
-                    op = part if op is None else op + part
-                ops[name] = op
+                ops[name] = backend.combine([ops[t] for t in node.terms],
+                                            node.coefficients or (1,) * len(node.terms))
             elif isinstance(node, Concat):
-                ops[name] = vstack([ops[p] for p in node.parts])
+                ops[name] = backend.vstack([ops[p] for p in node.parts])
             else:
                 (parent,) = node.inputs
-                local = node.operator(ring, shapes[parent])
+                local = backend.node_operator(node, shapes[parent])
                 ops[name] = local @ ops[parent]
         except ValueError as exc:
             raise ValueError(f"node {name!r} ({node.describe()}): {exc}") from None
         if use_periodic:
             continue
-        biased = ops[name].has_bias
+        biased = backend.has_bias(ops[name])
         if isinstance(node, (Add, Concat)):
             extents[name] = _merge([extents[p] for p in node.inputs], biased)
         elif isinstance(node, (ChannelAffine, Split)):
@@ -262,11 +297,21 @@ def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | N
                 zero_padded = node.count_include_pad or not any(node.padding)
             else:  # ConvTranspose, GlobalAvgPool: only read inside the window or zeros
                 zero_padded = True
-            extents[name] = _propagate(extents[parent], _taps(local), local.stride,
-                                       local.upsample, window, zero_padded, biased)
+            extents[name] = _propagate(extents[parent], backend.taps(local), tuple(local.stride),
+                                       tuple(getattr(local, "upsample", (1,) * len(window))),
+                                       window, zero_padded, biased)
     out = network.output_name
-    out_shape = shapes[out]
-    if len(out_shape) != network.ndim + 1:
+    if len(shapes[out]) != network.ndim + 1:
         raise ValueError("the network output is not an image; use collapse_affine")
-    region = np.ones(out_shape[1:], bool) if use_periodic else extents[out].exact
-    return CollapseResult(ops[out], tuple(shapes["input"]), out_shape, region, use_periodic)
+    region = np.ones(shapes[out][1:], bool) if use_periodic else extents[out].exact
+    return WalkResult(ops[out], shapes, region, use_periodic)
+
+
+def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | None = None
+             ) -> CollapseResult:
+    """Collapse a linear network (no flatten/linear) for inputs of ``input_shape`` into one
+    exact operator and its exact region.  ``periodic=None`` detects the periodic case;
+    ``True`` requires it; ``False`` uses zero-extended semantics."""
+    walk = collapse_walk(network, input_shape, AlgebraBackend(network), periodic)
+    return CollapseResult(walk.operator, tuple(walk.shapes["input"]),
+                          walk.shapes[network.output_name], walk.region, walk.periodic)

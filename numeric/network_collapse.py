@@ -1,0 +1,122 @@
+"""Collapse an :class:`algebra.Network` in floating point, at real widths.
+
+The same DAG walk and exact-region propagation as :func:`algebra.collapse` (it is the same
+code: :func:`algebra.collapse.collapse_walk`), with :class:`~numeric.kernels.KernelOperator`
+in place of the exact operator: every layer's kernel is a dense float64 (or float32)
+coefficient tensor and compositions are FFT/conv products.  The region depends only on the
+layers' tap patterns and on which collapsed values carry a bias, so it is exact here too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from algebra.collapse import collapse_walk
+from algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
+                             Network, Shape, Split)
+
+from .kernels import KernelOperator, vstack
+from .network_torch import _tensor
+
+__all__ = ["NumericCollapse", "collapse_numeric"]
+
+
+class NumericBackend:
+    """Makes :class:`KernelOperator` layers for :func:`collapse_walk`."""
+
+    def __init__(self, network: Network, dtype: torch.dtype):
+        self.ndim, self.dtype = network.ndim, dtype
+
+    def identity(self, channels: int) -> KernelOperator:
+        return KernelOperator.identity(channels, self.ndim, dtype=self.dtype)
+
+    def _diagonal(self, per_channel: torch.Tensor, kernel: Sequence[int], low: Sequence[int],
+                  stride: Sequence[int], bias: torch.Tensor | None = None) -> KernelOperator:
+        """``diag(v_c · box)``: a depthwise operator with the same taps on every channel."""
+        c = per_channel.shape[0]
+        coeffs = torch.zeros((c, c, *kernel), dtype=self.dtype)
+        index = torch.arange(c)
+        coeffs[index, index] = per_channel.view(c, *(1,) * self.ndim).expand(c, *kernel)
+        return KernelOperator(coeffs, low, stride, bias)
+
+    def node_operator(self, node: Any, in_shape: Shape) -> KernelOperator:
+        d = self.dtype
+        if isinstance(node, Conv):
+            return KernelOperator.from_torch_weight(
+                _tensor(node.weight, d, "weight"),
+                None if node.bias is None else _tensor(node.bias, d, "bias"),
+                stride=node.stride, padding=tuple(l for l, _ in node.padding),
+                dilation=node.dilation, groups=node.groups, dtype=d)
+        if isinstance(node, ChannelAffine):
+            shift = None if node.shift is None else _tensor(list(node.shift), d, "shift")
+            return self._diagonal(_tensor(list(node.scale), d, "scale"), (1,) * self.ndim,
+                                  (0,) * self.ndim, (1,) * self.ndim, shift)
+        if isinstance(node, Split):
+            return self.identity(in_shape[0])[node.start:node.stop]
+        if isinstance(node, AvgPool):
+            weight = 1.0 / float(np.prod(node.kernel_size))
+            low = tuple(p - (k - 1) for p, k in zip(node.padding, node.kernel_size))
+            return self._diagonal(torch.full((in_shape[0],), weight, dtype=d), node.kernel_size,
+                                  low, node.stride)
+        if isinstance(node, GlobalAvgPool):
+            size = tuple(in_shape[1:])
+            weight = 1.0 / float(np.prod(size))
+            low = tuple(1 - n for n in size)
+            return self._diagonal(torch.full((in_shape[0],), weight, dtype=d), size, low, size)
+        if isinstance(node, ConvTranspose):
+            raise ValueError("transposed convolutions (up-sampling) have no strided-kernel form "
+                             "in numeric/; use algebra.collapse or the affine map")
+        raise TypeError(f"no numeric operator for {type(node).__name__}")
+
+    def combine(self, ops: Sequence[KernelOperator], coefficients: Sequence[Any]) -> KernelOperator:
+        total = None
+        for op, c in zip(ops, coefficients):
+            part = op if c == 1 else op * float(c)
+            total = part if total is None else total + part
+        return total
+
+    def vstack(self, ops: Sequence[KernelOperator]) -> KernelOperator:
+        return vstack(ops)
+
+    def taps(self, op: KernelOperator) -> list[tuple[int, ...]]:
+        """Exponents where some channel pair has a nonzero coefficient."""
+        used = (op.coeffs != 0).flatten(0, 1).any(dim=0)
+        return [tuple(int(j) + l for j, l in zip(index, op.low))
+                for index in torch.nonzero(used).tolist()]
+
+    def has_bias(self, op: KernelOperator) -> bool:
+        return op.has_bias
+
+
+@dataclass
+class NumericCollapse:
+    """``operator`` equals the network on the output positions where ``region`` is True."""
+    operator: KernelOperator
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    region: np.ndarray
+    periodic: bool
+
+    @property
+    def exact_everywhere(self) -> bool:
+        return bool(self.region.all())
+
+    def describe(self) -> str:
+        op = self.operator
+        kernel = "x".join(map(str, op.kernel_size))
+        where = ("exact at every position on periodic inputs" if self.periodic else
+                 "exact at every output position" if self.exact_everywhere else
+                 f"exact on {int(self.region.sum())} of {self.region.size} output positions")
+        return f"{op.out_channels}x{op.in_channels} kernel {kernel}, stride {op.stride}; {where}"
+
+
+def collapse_numeric(network: Network, input_shape: Sequence[int], *,
+                     dtype: torch.dtype = torch.float64, periodic: bool | None = None
+                     ) -> NumericCollapse:
+    """Collapse a linear network to one :class:`KernelOperator` and its exact region."""
+    walk = collapse_walk(network, input_shape, NumericBackend(network, dtype), periodic)
+    return NumericCollapse(walk.operator, tuple(walk.shapes["input"]),
+                           tuple(walk.shapes[network.output_name]), walk.region, walk.periodic)
