@@ -198,7 +198,7 @@ class CollapseResult:
             box = self.region_box()
             total = self.region.size
             where = (f"exact on {int(self.region.sum())} of {total} output positions"
-                     + (f", box {box}" if box else ": nowhere"))
+                     + (f", bounding box {box}" if box else ": nowhere"))
         return f"{head}; {where}"
 
     def __repr__(self) -> str:

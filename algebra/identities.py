@@ -39,7 +39,8 @@ class Identity:
     check: Callable[[], Certificate | Counterexample]
 
     def _repr_latex_(self) -> str:
-        return f"$\\text{{{self.name}}}:\\quad {self.statement}$"
+        name = self.name.replace("_", "\\_")
+        return f"$$\\text{{{name}}}:\\quad {self.statement}$$"
 
 
 def residual_expansion() -> Certificate | Counterexample:

@@ -318,7 +318,9 @@ class LaurentPoly:
         if not isinstance(n, (int, np.integer)):
             return NotImplemented
         n = int(n)
-        if n >= 0:
+        if n == 0:
+            return self.ring.one  # f**0 = 1 for every f, also 0**0 (as sympy's Poly)
+        if n > 0:
             return LaurentPoly._normalised(self.ring, self.poly ** n,
                                            tuple(o * n for o in self.offset))
         if not self.is_monomial:
@@ -329,6 +331,22 @@ class LaurentPoly:
             raise ValueError(f"coefficient {c} is not invertible in {self.ring.domain}")
         exps = tuple(-(a + o) for a, o in zip(m, self.offset))
         return self.ring.from_dict({exps: inverse_coeff}) ** (-n)
+
+    def __truediv__(self, other: Any) -> "LaurentPoly":
+        """Division by a monomial (``f / z1``) or by a nonzero scalar of the field."""
+        pair = self._binary(other)
+        if pair is None:
+            return NotImplemented
+        a, b = pair
+        if not b.is_monomial:
+            raise ValueError(f"can only divide by a monomial or a scalar, not by {b}")
+        return a * b ** -1
+
+    def __rtruediv__(self, other: Any) -> "LaurentPoly":
+        pair = self._binary(other)
+        if pair is None:
+            return NotImplemented
+        return pair[1] / pair[0]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, LaurentPoly):
@@ -497,4 +515,27 @@ class LaurentPoly:
         return f"$\\displaystyle {self.latex()}$"
 
     def latex(self) -> str:
-        return sympy.latex(self.as_expr())
+        """Terms by descending exponent, each symbolic coefficient in parentheses:
+        ``(a b + c) z_1^{2} + \\dots``."""
+        if not self.poly:
+            return "0"
+        to_sympy = self.ring.domain.to_sympy
+        parts = []
+        for e, c in sorted(self.iterterms(), key=lambda t: tuple(-x for x in t[0])):
+            coeff = to_sympy(c)
+            monomial = sympy.Mul(*[s ** a for s, a in zip(self.ring.symbols, e)])
+            if monomial == 1:
+                text = sympy.latex(coeff)
+            elif coeff == 1:
+                text = sympy.latex(monomial)
+            elif coeff == -1:
+                text = "-" + sympy.latex(monomial)
+            elif coeff.is_Add:
+                text = f"\\left({sympy.latex(coeff)}\\right) {sympy.latex(monomial)}"
+            else:
+                text = f"{sympy.latex(coeff)} {sympy.latex(monomial)}"
+            parts.append(text)
+        out = parts[0]
+        for text in parts[1:]:
+            out += f" {text}" if text.startswith("-") else f" + {text}"
+        return out.replace("+ -", "- ")

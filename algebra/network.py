@@ -557,6 +557,8 @@ class Network:
             raise ValueError("add needs at least two terms")
         if coefficients is not None and len(coefficients) != len(terms):
             raise ValueError("add needs one coefficient per term")
+        if coefficients is not None:
+            self._note_domain(np.array(list(coefficients), dtype=object))
         return self._add_node(Add(tuple(self._ref(t) for t in terms),
                                   None if coefficients is None else tuple(coefficients)), name)
 

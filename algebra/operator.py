@@ -407,7 +407,8 @@ class ConvOperator:
 
     def latex(self) -> str:
         """``\\downarrow_s\\, K(z)\\, \\uparrow_u + b`` in LaTeX."""
-        body = sympy.latex(self.as_matrix())
+        rows = " \\\\ ".join(" & ".join(e.latex() for e in row) for row in self.matrix)
+        body = f"\\left[\\begin{{matrix}}{rows}\\end{{matrix}}\\right]"
         down = "" if all(s == 1 for s in self.stride) else \
             f"\\downarrow_{{{_axis_text(self.stride)}}} "
         up = "" if all(u == 1 for u in self.upsample) else \

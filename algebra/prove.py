@@ -53,8 +53,11 @@ class Certificate:
 
     def __str__(self) -> str:
         notes = "".join(f"\n  - {n}" for n in self.notes)
-        return (f"PROVED: {self.claim}\n  method: {self.method}\n  domain: {self.domain} "
-                f"({self.weight_symbols} weight symbols)\n  compared: {self.compared} "
+        symbols = "no weight symbols" if not self.weight_symbols else \
+            f"{self.weight_symbols} weight symbol{'s' if self.weight_symbols > 1 else ''}"
+        domain = self.domain if len(self.domain) <= 60 else self.domain[:57] + "...]"
+        return (f"PROVED: {self.claim}\n  method: {self.method}\n  domain: {domain} "
+                f"({symbols})\n  compared: {self.compared} "
                 f"exact entries; expanded difference: {self.difference_terms} terms "
                 f"({self.seconds:.3f} s){notes}")
 
@@ -76,6 +79,7 @@ class Counterexample:
     symbolic_difference: Any
     substitution: dict[Any, Any]
     mismatches: int
+    mismatch_unit: str = "mismatching entries"
 
     def __bool__(self) -> bool:
         return False
@@ -85,7 +89,7 @@ class Counterexample:
             f"\n  with weights {dict(list(self.substitution.items())[:8])}" + \
             (" ..." if len(self.substitution) > 8 else "")
         return (f"REFUTED: {self.claim}\n  method: {self.method}\n  {self.mismatches} "
-                f"mismatching entries; first: {self.location}\n"
+                f"{self.mismatch_unit}; first: {self.location}\n"
                 f"  lhs - rhs = {self.symbolic_difference}{subs}\n  lhs = {self.lhs_value}, "
                 f"rhs = {self.rhs_value}")
 
@@ -237,7 +241,7 @@ def _prove_operators(lhs: ConvOperator, rhs: ConvOperator, claim: str,
                                   where, index + (() if e is None else tuple(e)), None,
                                   to_sympy(left).xreplace(substitution),
                                   to_sympy(right).xreplace(substitution), to_sympy(diff),
-                                  substitution, terms)
+                                  substitution, terms, "terms in the expanded difference")
         notes.append("canonical forms: K_lhs - K_rhs = 0 and b_lhs - b_rhs = 0 coefficientwise")
         if input_shape is None:
             return Certificate(claim, "canonical Laurent matrices (expanded difference)",

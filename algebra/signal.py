@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import sympy
+from sympy.polys.domains import QQ
 
 from .laurent import LaurentPoly, _as_axis_tuple
 from .operator import ConvOperator
@@ -21,8 +23,23 @@ from .operator import ConvOperator
 __all__ = ["signal_to_polys", "apply_operator"]
 
 
+def _with_input_symbols(op: ConvOperator, array: np.ndarray) -> ConvOperator:
+    """``op`` over a domain that also holds the symbols of a symbolic input signal."""
+    if array.dtype != object:
+        return op
+    symbols: set[sympy.Symbol] = set()
+    for v in array.flat:
+        if isinstance(v, sympy.Basic):
+            symbols |= v.free_symbols
+    if not symbols:
+        return op
+    domain = op.ring.domain.unify(QQ[sorted(symbols, key=str)])
+    return op.set_ring(op.ring.with_domain(domain))
+
+
 def signal_to_polys(op: ConvOperator, x: Any) -> list[LaurentPoly]:
-    """``[X_c(z)]`` for an array ``x`` of shape ``(C, *n)`` (floats converted exactly)."""
+    """``[X_c(z)]`` for an array ``x`` of shape ``(C, *n)`` (floats converted exactly;
+    symbolic entries need ``op`` over a domain holding their symbols)."""
     array = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
     if array.ndim != op.ndim + 1:
         raise ValueError(f"expected a signal of shape (C, {'n, ' * op.ndim}...) with "
@@ -39,7 +56,8 @@ def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | No
 
     ``periodic=True`` reduces modulo ``z^n - 1`` (circular padding); the output shape is then
     ``n / s`` and each stride must divide its size.  Non-periodic without ``out_shape``: every
-    ``i >= 0`` up to the last nonzero coefficient."""
+    ``i >= 0`` up to the last nonzero coefficient.  The input may hold sympy symbols."""
+    op = _with_input_symbols(op, np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x))
     X = signal_to_polys(op, x)
     n = np.asarray(x.shape[1:] if hasattr(x, "shape") else np.asarray(x).shape[1:])
     n = tuple(int(v) for v in n)
