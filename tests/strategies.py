@@ -268,3 +268,10 @@ def frac(value: Any) -> Fraction:
     if hasattr(value, "numerator") and hasattr(value, "denominator"):
         return Fraction(int(value.numerator), int(value.denominator))
     return Fraction(int(value))
+
+
+def budget(examples: int) -> int:
+    """Scale a test's example count with the active hypothesis profile (the default
+    profile has ``max_examples=30``; ``HYPOTHESIS_PROFILE=thorough`` multiplies by 10)."""
+    from hypothesis import settings
+    return max(1, round(examples * settings.default.max_examples / 30))
