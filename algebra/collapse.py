@@ -16,7 +16,7 @@ Two semantics:
   zero-extended network supplies values ``c`` does not have, so such taps are inexact; an
   average pool that excludes padding divides by a different count at the border.
 
-The region is computed per node as a boolean mask (all channels together) for generic
+The region is computed per node and per channel (:mod:`algebra.regions`) for generic
 weights with the given zero pattern, so it is tight: outside it the two sides differ for
 generic weights.
 """
@@ -30,107 +30,22 @@ import numpy as np
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                       GlobalAvgPool, Input, Linear, Network, Shape, Split)
 from .operator import ConvOperator, vstack
+from .regions import Extent, TapPattern, merge_add, merge_concat, propagate
 from .signal import apply_operator
 
 __all__ = ["CollapseResult", "collapse", "collapse_walk", "AlgebraBackend", "WalkResult",
            "is_periodic_network"]
 
 
-@dataclass
-class _Extent:
-    """What is known of a node's value: its window, where it equals the collapsed value,
-    and where the collapsed linear part can be nonzero (a box ``offset`` + mask)."""
-    window: tuple[int, ...]
-    exact: np.ndarray
-    support_offset: tuple[int, ...]
-    support: np.ndarray
-    biased: bool
-
-    def inside(self, index: Sequence[np.ndarray]) -> np.ndarray:
-        ok = np.ones(np.broadcast(*index).shape, dtype=bool)
-        for j, n in zip(index, self.window):
-            ok &= (j >= 0) & (j < n)
-        return ok
-
-    def exact_inside(self, index: Sequence[np.ndarray]) -> np.ndarray:
-        """``True`` where the tap is inside the window and the value there is exact."""
-        inside = self.inside(index)
-        clipped = tuple(np.clip(j, 0, n - 1) for j, n in zip(index, self.window))
-        return inside & self.exact[clipped]
-
-    def maybe_nonzero(self, index: Sequence[np.ndarray]) -> np.ndarray:
-        """``True`` where the collapsed linear part ``A X`` may be nonzero."""
-        ok = np.ones(np.broadcast(*index).shape, dtype=bool)
-        local = []
-        for j, o, n in zip(index, self.support_offset, self.support.shape):
-            k = j - o
-            ok &= (k >= 0) & (k < n)
-            local.append(np.clip(k, 0, n - 1))
-        return ok & self.support[tuple(local)]
-
-    def exact_zero_padded(self, index: Sequence[np.ndarray]) -> np.ndarray:
-        """Equality of the zero-padded layer input with ``c`` at each tap."""
-        outside_ok = np.logical_and(not self.biased, ~self.maybe_nonzero(index))
-        return np.where(self.inside(index), self.exact_inside(index), outside_ok)
-
-
-def _taps(op: ConvOperator) -> list[tuple[int, ...]]:
-    """Exponents with a nonzero coefficient in some entry of the kernel matrix."""
-    taps = {e for row in op.matrix for entry in row for e, _ in entry.iterterms()}
-    return sorted(taps)
-
-
-def _propagate(extent: _Extent, taps: list[tuple[int, ...]], stride: tuple[int, ...],
-               upsample: tuple[int, ...], window: tuple[int, ...], zero_padded: bool,
-               biased: bool) -> _Extent:
-    """Extent of ``down_s K up_u`` applied to a node: output ``i`` reads input ``j`` where
-    ``s i = u j + e``."""
-    grid = np.indices(window, sparse=True)
-    exact = np.ones(window, dtype=bool)
-    for e in taps:
-        numer = [s * i - ei for s, i, ei in zip(stride, grid, e)]
-        divisible = np.ones(exact.shape, dtype=bool)
-        for num, u in zip(numer, upsample):
-            divisible = divisible & (num % u == 0)
-        index = tuple(num // u for num, u in zip(numer, upsample))
-        ok = extent.exact_zero_padded(index) if zero_padded else extent.exact_inside(index)
-        exact &= ~divisible | ok
-    # support of the collapsed linear part: i with some s i - e = u j, j in the old support
-    lows, highs = [], []
-    for axis in range(len(window)):
-        lo = extent.support_offset[axis]
-        hi = lo + extent.support.shape[axis] - 1
-        emin = min(e[axis] for e in taps) if taps else 0
-        emax = max(e[axis] for e in taps) if taps else 0
-        u, s = upsample[axis], stride[axis]
-        lows.append(-((-(u * lo + emin)) // s))
-        highs.append((u * hi + emax) // s)
-    shape = tuple(max(h - l + 1, 1) for l, h in zip(lows, highs))
-    support = np.zeros(shape, dtype=bool)
-    if taps and extent.support.any():
-        grid = np.indices(shape, sparse=True)
-        for e in taps:
-            numer = [s * (g + l) - ei for s, g, l, ei in zip(stride, grid, lows, e)]
-            divisible = np.ones(shape, dtype=bool)
-            for num, u in zip(numer, upsample):
-                divisible = divisible & (num % u == 0)
-            index = tuple(num // u for num, u in zip(numer, upsample))
-            support |= divisible & extent.maybe_nonzero(index)
-    return _Extent(window, exact, tuple(lows), support, biased)
-
-
-def _merge(extents: Sequence[_Extent], biased: bool) -> _Extent:
-    """Add/concat: exact where every input is; support the union of the supports."""
-    window = extents[0].window
-    exact = np.logical_and.reduce([e.exact for e in extents])
-    lows = tuple(min(e.support_offset[a] for e in extents) for a in range(len(window)))
-    highs = tuple(max(e.support_offset[a] + e.support.shape[a] for e in extents)
-                  for a in range(len(window)))
-    support = np.zeros(tuple(h - l for l, h in zip(lows, highs)), dtype=bool)
-    for e in extents:
-        sl = tuple(slice(o - l, o - l + n) for o, l, n in zip(e.support_offset, lows, e.support.shape))
-        support[sl] |= e.support
-    return _Extent(window, exact, lows, support, biased)
+def _tap_pattern(op: ConvOperator) -> TapPattern:
+    """``{e: mask}`` with ``mask[o, c]`` set when ``K_{o,c}`` has a nonzero ``z^e`` term."""
+    pattern: TapPattern = {}
+    shape = op.shape
+    for o, row in enumerate(op.matrix):
+        for c, entry in enumerate(row):
+            for e, _ in entry.iterterms():
+                pattern.setdefault(e, np.zeros(shape, bool))[o, c] = True
+    return pattern
 
 
 def is_periodic_network(network: Network, shapes: dict[str, Shape]) -> bool:
@@ -208,7 +123,7 @@ class CollapseResult:
 class AlgebraBackend:
     """How :func:`collapse_walk` makes and combines exact operators (:class:`ConvOperator`).
     A backend provides ``identity``, ``node_operator``, ``combine`` (weighted sums),
-    ``vstack``, ``taps`` and ``has_bias``; :mod:`numeric` provides one for float arrays."""
+    ``vstack``, ``tap_pattern`` and ``bias_mask``; :mod:`numeric` provides one for float arrays."""
 
     def __init__(self, network: Network):
         self.ring = network.ring()
@@ -229,11 +144,21 @@ class AlgebraBackend:
     def vstack(self, ops: Sequence[ConvOperator]) -> ConvOperator:
         return vstack(ops)
 
-    def taps(self, op: ConvOperator) -> list[tuple[int, ...]]:
-        return _taps(op)
+    def tap_pattern(self, op: ConvOperator) -> TapPattern:
+        return _tap_pattern(op)
 
-    def has_bias(self, op: ConvOperator) -> bool:
-        return op.has_bias
+    def bias_mask(self, op: ConvOperator) -> np.ndarray:
+        zero = op.ring.domain.zero
+        return np.array([b != zero for b in op.bias], dtype=bool)
+
+
+def _padding_rule(node: Any) -> str:
+    """What a layer reads outside its input window (see :func:`algebra.regions.propagate`)."""
+    if isinstance(node, Conv) and any(pair != (0, 0) for pair in node.padding):
+        return node.mode
+    if isinstance(node, AvgPool) and not node.count_include_pad and any(node.padding):
+        return "exclude_pad"
+    return "zeros"
 
 
 @dataclass
@@ -255,15 +180,14 @@ def collapse_walk(network: Network, input_shape: Sequence[int], backend: Any,
                          "size-keeping (or 1x1), pools non-overlapping, strides dividing sizes")
     use_periodic = detected if periodic is None else periodic
     ops: dict[str, Any] = {}
-    extents: dict[str, _Extent] = {}
+    extents: dict[str, Extent] = {}
     for name in network.order():
         node = network.nodes[name]
         shape = shapes[name]
         window = shape[1:]
         if isinstance(node, Input):
             ops[name] = backend.identity(shape[0])
-            extents[name] = _Extent(window, np.ones(window, bool), (0,) * len(window),
-                                    np.ones(window, bool), False)
+            extents[name] = Extent.of_input(shape[0], window)
             continue
         if isinstance(node, (Flatten, Linear)):
             raise ValueError(f"node {name!r} ({node.describe()}) is not a convolution; "
@@ -283,27 +207,25 @@ def collapse_walk(network: Network, input_shape: Sequence[int], backend: Any,
             raise ValueError(f"node {name!r} ({node.describe()}): {exc}") from None
         if use_periodic:
             continue
-        biased = backend.has_bias(ops[name])
-        if isinstance(node, (Add, Concat)):
-            extents[name] = _merge([extents[p] for p in node.inputs], biased)
+        biased = backend.bias_mask(ops[name])
+        parents = [extents[p] for p in node.inputs]
+        if isinstance(node, Add):
+            extents[name] = merge_add(parents, biased)
+        elif isinstance(node, Concat):
+            extents[name] = merge_concat(parents, biased)
         elif isinstance(node, (ChannelAffine, Split)):
-            src = extents[node.inputs[0]]
-            extents[name] = _Extent(window, src.exact.copy(), src.support_offset, src.support, biased)
+            src = parents[0]
+            rows = slice(node.start, node.stop) if isinstance(node, Split) else slice(None)
+            extents[name] = Extent(window, src.exact[rows].copy(), src.support_offset,
+                                   src.support[rows], biased)
         else:
-            (parent,) = node.inputs
-            if isinstance(node, Conv):
-                zero_padded = node.mode == "zeros" or all(p == (0, 0) for p in node.padding)
-            elif isinstance(node, AvgPool):
-                zero_padded = node.count_include_pad or not any(node.padding)
-            else:  # ConvTranspose, GlobalAvgPool: only read inside the window or zeros
-                zero_padded = True
-            extents[name] = _propagate(extents[parent], backend.taps(local), tuple(local.stride),
-                                       tuple(getattr(local, "upsample", (1,) * len(window))),
-                                       window, zero_padded, biased)
+            extents[name] = propagate(parents[0], backend.tap_pattern(local), tuple(local.stride),
+                                      tuple(getattr(local, "upsample", (1,) * len(window))),
+                                      window, _padding_rule(node), biased, shape[0])
     out = network.output_name
     if len(shapes[out]) != network.ndim + 1:
         raise ValueError("the network output is not an image; use collapse_affine")
-    region = np.ones(shapes[out][1:], bool) if use_periodic else extents[out].exact
+    region = np.ones(shapes[out][1:], bool) if use_periodic else extents[out].region()
     return WalkResult(ops[out], shapes, region, use_periodic)
 
 

@@ -229,6 +229,8 @@ class Add(Node):
         return in_shapes[0]
 
     def describe(self) -> str:
+        if len(self.terms) == 1:
+            return f"scale by {self.coefficients[0]}"
         return f"add ({len(self.terms)} terms)"
 
 
@@ -390,10 +392,10 @@ class Value:
         return self.network.add(self, other)
 
     def __mul__(self, scalar: Any) -> "Value":
+        """``c * x``: a one-term weighted sum (any shape, symbolic ``c`` allowed)."""
         if isinstance(scalar, Value):
             return NotImplemented
-        channels = self.network.channels(self)
-        return self.network.channel_affine(self, [scalar] * channels, label=f"scale {scalar}")
+        return self.network.add(self, coefficients=[scalar])
 
     __rmul__ = __mul__
 
@@ -447,10 +449,25 @@ class Network:
         return Value(self, name)
 
     def channels(self, value: Value | str) -> int:
-        """Channels of a node's output (spatial nodes only)."""
+        """Channels of a node's output, from the layers alone (no input size needed).
+        Raises after ``flatten``, whose length depends on the input size."""
         name = self._ref(value)
-        shapes = self.shapes((self.in_channels, *([64] * self.ndim)), stop=name, check=False)
-        return shapes[name][0]
+        node = self.nodes[name]
+        if isinstance(node, Input):
+            return node.channels
+        if isinstance(node, Conv):
+            return node.weight.shape[0]
+        if isinstance(node, ConvTranspose):
+            return node.weight.shape[1] * node.groups
+        if isinstance(node, Linear):
+            return node.weight.shape[0]
+        if isinstance(node, Split):
+            return node.stop - node.start
+        if isinstance(node, Concat):
+            return sum(self.channels(p) for p in node.parts)
+        if isinstance(node, Flatten):
+            raise ValueError(f"the length of {name!r} (a flatten) depends on the input size")
+        return self.channels(node.inputs[0])
 
     def conv(self, x: Value | str, weight: Any, bias: Any = None, *, stride: Any = 1,
              padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
@@ -553,8 +570,10 @@ class Network:
 
     def add(self, *terms: Value | str, coefficients: Sequence[Any] | None = None,
             name: str | None = None) -> Value:
-        if len(terms) < 2:
-            raise ValueError("add needs at least two terms")
+        """``y = sum_k c_k x_k`` (``c_k = 1`` without ``coefficients``); one term with a
+        coefficient is a scalar multiple."""
+        if len(terms) < (1 if coefficients is not None else 2):
+            raise ValueError("add needs at least two terms (or one term with a coefficient)")
         if coefficients is not None and len(coefficients) != len(terms):
             raise ValueError("add needs one coefficient per term")
         if coefficients is not None:
@@ -641,7 +660,7 @@ class Network:
         visit(target)
         return list(seen)
 
-    def shapes(self, input_shape: Sequence[int], stop: str | None = None, check: bool = True
+    def shapes(self, input_shape: Sequence[int], stop: str | None = None
                ) -> dict[str, Shape]:
         """Output shape of every node for an input of shape ``(C, *n)``."""
         input_shape = tuple(int(v) for v in input_shape)

@@ -81,14 +81,16 @@ class NumericBackend:
     def vstack(self, ops: Sequence[KernelOperator]) -> KernelOperator:
         return vstack(ops)
 
-    def taps(self, op: KernelOperator) -> list[tuple[int, ...]]:
-        """Exponents where some channel pair has a nonzero coefficient."""
-        used = (op.coeffs != 0).flatten(0, 1).any(dim=0)
-        return [tuple(int(j) + l for j, l in zip(index, op.low))
-                for index in torch.nonzero(used).tolist()]
+    def tap_pattern(self, op: KernelOperator) -> dict[tuple[int, ...], np.ndarray]:
+        """``{e: mask}``: ``mask[o, c]`` where ``K_{o,c}`` has a nonzero ``z^e`` coefficient."""
+        nonzero = (op.coeffs != 0)
+        used = nonzero.flatten(0, 1).any(dim=0)
+        return {tuple(int(j) + l for j, l in zip(index, op.low)):
+                nonzero[(slice(None), slice(None), *index)].numpy()
+                for index in torch.nonzero(used).tolist()}
 
-    def has_bias(self, op: KernelOperator) -> bool:
-        return op.has_bias
+    def bias_mask(self, op: KernelOperator) -> np.ndarray:
+        return (op.bias != 0).numpy()
 
 
 @dataclass
