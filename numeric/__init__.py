@@ -1,3 +1,11 @@
 """laurentnet.numeric — the convolution algebra in floating point, at real sizes."""
 from .memory import MemoryBudgetError, check_budget, estimate_bytes, memory_budget
 
+from .affine import AffineMap, AffineModule, NotAffineError, check_affine, extract_affine
+from .kernels import KernelOperator, TorchConv, block_diag, polymatmul, vstack
+from .spectrum import (LipschitzBound, fft_multiplier, implicit_solve, lipschitz_bound,
+                       operator_norm, singular_values, symbol)
+from .cost import CostReport, Machine, MethodCost, estimate_costs
+from .evaluator import DirectConv, OperatorEvaluator, conv_direct, conv_fft, dense_matrix
+from .network_torch import NetworkModule, network_forward
+from .network_collapse import NumericCollapse, affine_numeric, collapse_numeric

@@ -21,7 +21,7 @@ from algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, Global
 from .kernels import KernelOperator, vstack
 from .network_torch import _tensor
 
-__all__ = ["NumericCollapse", "collapse_numeric"]
+__all__ = ["NumericCollapse", "collapse_numeric", "affine_numeric"]
 
 
 class NumericBackend:
@@ -122,3 +122,15 @@ def collapse_numeric(network: Network, input_shape: Sequence[int], *,
     walk = collapse_walk(network, input_shape, NumericBackend(network, dtype), periodic)
     return NumericCollapse(walk.operator, tuple(walk.shapes["input"]),
                            tuple(walk.shapes[network.output_name]), walk.region, walk.periodic)
+
+
+def affine_numeric(network: Network, input_shape: Sequence[int], *, method: str = "auto",
+                   dtype: torch.dtype = torch.float64, budget: int | None = None):
+    """The single-layer model of a :class:`Network` in floating point: ``f(X) = W X + B``
+    extracted from the layer-by-layer torch evaluation by VJPs or JVPs
+    (:func:`numeric.affine.extract_affine`).  Every padding mode, flatten and linear."""
+    from .affine import extract_affine
+    from .network_torch import NetworkModule
+    network.shapes(input_shape)  # clear errors for a wrong input shape before any work
+    return extract_affine(NetworkModule(network, dtype).eval(), input_shape, method=method,
+                          dtype=dtype, budget=budget)

@@ -25,7 +25,7 @@ from torch import nn
 
 __all__ = [
     "BasicBlock", "ResNet", "resnet34", "resnet18", "resnet_tiny",
-    "randomize_batchnorm_", "set_skip_weight_", "remove_zero_skips_",
+    "randomize_batchnorm_", "calibrate_batchnorm_", "set_skip_weight_", "remove_zero_skips_",
     "PADDING_MODES",
 ]
 
@@ -202,14 +202,15 @@ def resnet_tiny(in_channels: int = 1, num_classes: int = 10, linear: bool = True
 
 @torch.no_grad()
 def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None,
-                         spread: float = 0.5) -> nn.Module:
+                         spread: float = 0.5, stats: bool = True, affine: bool = True) -> nn.Module:
     """Give every batch norm non-trivial eval-mode statistics and affine parameters.
 
     ``running_mean ~ N(0, spread²)``, ``running_var ~ U(1 - spread, 1 + spread)``,
     ``weight ~ U(1 - spread, 1 + spread)``, ``bias ~ N(0, spread²)`` — so eval-mode BN,
     ``y = weight (x - mean) / sqrt(var + eps) + bias``, is a real per-channel scale and
     shift (the default init makes it almost the identity, which would flatter a benchmark).
-    Draws on the CPU from ``generator``; returns ``model``.
+    ``stats`` / ``affine`` select which of the two pairs are drawn.  Draws on the CPU
+    from ``generator``; returns ``model``.
     """
     if not 0 <= spread < 1:
         raise ValueError(f"spread must be in [0, 1), got {spread}")
@@ -223,11 +224,43 @@ def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = N
             def normal() -> torch.Tensor:
                 return spread * torch.randn(c, generator=generator, dtype=torch.float64)
 
-            m.running_mean.copy_(normal())
-            m.running_var.copy_(rand(1 - spread, 1 + spread))
-            if m.affine:
+            if stats:
+                m.running_mean.copy_(normal())
+                m.running_var.copy_(rand(1 - spread, 1 + spread))
+            if affine and m.affine:
                 m.weight.copy_(rand(1 - spread, 1 + spread))
                 m.bias.copy_(normal())
+    return model
+
+
+@torch.no_grad()
+def calibrate_batchnorm_(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> nn.Module:
+    """Set every batch norm's running statistics from the data ``x`` (as after training:
+    each BN then roughly normalises its input).
+
+    The batch norms run in training mode with ``momentum=None`` (cumulative averaging)
+    over chunks of ``x``: with one chunk (``len(x) <= chunk``) the running mean and variance
+    are exactly the train-mode batch mean and unbiased variance of each BN's input; with
+    several, the average of the chunks' values.  Train/eval flags and momenta are restored.
+    Returns ``model``.
+    """
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    flags = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in bns}
+    try:
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for start in range(0, x.shape[0], chunk):
+            model(x[start:start + chunk])
+    finally:
+        for m, flag in flags.items():
+            m.train(flag)
+        for m, mom in momenta.items():
+            m.momentum = mom
     return model
 
 

@@ -1,0 +1,529 @@
+"""Fixed-size affine-map extraction: any affine torch callable as ``f(X) = W X + B``.
+
+For an *affine* ``f`` (convolutions, skips, eval-mode batch norm, average pooling, linear
+layers, ... and no nonlinearity) mapping a batch ``(N, *in_shape) -> (N, *out_shape)``,
+
+    f(x) = W x + B,   W ∈ R^{n_out × n_in},  B = f(0) ∈ R^{n_out},
+
+with ``x`` flattened.  ``W`` is the Jacobian of ``f`` (the same at every point), found
+without materialising anything bigger than ``W``:
+
+* ``vjp``  — rows ``W^T e_i`` by vector–Jacobian products (the adjoint network run on the
+  unit cotangents), one forward pass plus ``n_out`` batched backward passes; cheapest when
+  ``n_out < n_in`` (a classifier: 10 rows of a 10 × 784 map);
+* ``jvp``  — columns ``W e_j`` by Jacobian–vector products (forward-mode AD on the unit
+  tangents), ``n_in`` batched tangent passes; cheapest when ``n_in <= n_out``;
+* ``identity_batch`` — columns ``f(e_j) - f(0)`` by pushing an identity batch through the
+  network (the obvious method, RepMLP-style; loses digits to cancellation when ``|B|``
+  is large).
+
+The batched passes use ``torch.func.vmap`` over the unit vectors in chunks.  The map is
+computed in float64 by default with float64 *copies* of a module's weights (the caller's
+module is never touched).  The memory guard (:mod:`numeric.memory`) is consulted before
+``W`` is allocated.
+
+Speed: ATen's float64 CPU convolution loops over the batch with one skinny GEMM per
+image, which is slow exactly where the adjoint passes spend their time (deep stages at
+4×4 or 7×7 resolution, where ``vmap`` folds the ten cotangents into the batch).  While
+extracting, :class:`GemmConvMode` routes such convolutions through
+:func:`gemm_conv2d` (one GEMM with batch and positions in the rows) and eval-mode batch
+norm through :func:`eval_batch_norm` (one multiply-add).  Both are plain torch ops, so
+autograd and ``torch.func`` see through them; ``gemm_conv=False`` turns this off.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .memory import check_budget, estimate_bytes, format_bytes
+
+__all__ = ["AffineMap", "AffineModule", "NotAffineError", "extract_affine", "check_affine",
+           "as_function", "clear_workspaces", "apply_affine", "gemm_conv2d", "eval_batch_norm",
+           "GemmConvMode", "METHODS"]
+
+METHODS = ("auto", "vjp", "jvp", "identity_batch")
+
+#: module types that make a network nonlinear (named in the error of :func:`check_affine`)
+_NONLINEAR_TYPES: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.Softplus, nn.Softsign, nn.Softmax, nn.LogSoftmax, nn.Threshold,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Dropout, nn.Dropout2d,
+    nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+)
+
+
+class NotAffineError(ValueError):
+    """``f`` failed the affinity test ``f(a x + b y) = a f(x) + b f(y) - (a + b - 1) f(0)``."""
+
+
+@dataclass
+class AffineMap:
+    """``f(X) = W X + B`` on flattened inputs, with how it was found.
+
+    ``W``: (n_out, n_in); ``B``: (n_out,); ``in_shape``/``out_shape`` exclude the batch.
+    ``passes``: batched evaluations of the network (forward, backward or tangent) used;
+    ``chunks``: how many of them carried unit vectors; ``seconds``: wall time.
+    """
+
+    W: torch.Tensor
+    B: torch.Tensor
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    method: str
+    passes: int
+    chunks: int
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_in(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.W.shape[0]
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        """Apply to a batch: ``X (N, *in_shape) -> X_flat @ W^T + B -> (N, *out_shape)``."""
+        return apply_affine(self.W, self.B, X, self.out_shape)
+
+    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> "AffineMap":
+        """A copy with ``W`` and ``B`` converted (e.g. to float32 for deployment)."""
+        W, B = self.W.to(device=device, dtype=dtype), self.B.to(device=device, dtype=dtype)
+        return AffineMap(W, B,
+                         self.in_shape, self.out_shape, self.method, self.passes, self.chunks,
+                         self.seconds, dict(self.info))
+
+    def to_module(self, dtype: torch.dtype | None = torch.float32) -> "AffineModule":
+        """An ``nn.Module`` computing the map (weights cast to ``dtype``; None keeps them)."""
+        return AffineModule(self.W, self.B, self.in_shape, self.out_shape, dtype=dtype)
+
+
+def apply_affine(W: torch.Tensor, B: torch.Tensor, X: torch.Tensor,
+                 out_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """``Y = X_flat W^T + B`` (one GEMM: ``addmm``), reshaped to ``(N, *out_shape)``."""
+    if X.dim() == 0 or X[0].numel() != W.shape[1]:
+        raise ValueError(f"input of shape {tuple(X.shape)} does not flatten to batches of "
+                         f"{W.shape[1]} (the map's input size)")
+    Y = torch.addmm(B, X.reshape(X.shape[0], -1), W.t())
+    return Y if out_shape is None else Y.reshape(X.shape[0], *out_shape)
+
+
+class AffineModule(nn.Module):
+    """The collapsed network as a module: flatten, one ``addmm``, unflatten.
+
+    ``weight`` (n_out, n_in) and ``bias`` are frozen parameters, so the state dict saves and
+    loads with plain torch; the shapes are constructor arguments.
+    """
+
+    def __init__(self, W: torch.Tensor, B: torch.Tensor, in_shape: Sequence[int],
+                 out_shape: Sequence[int], dtype: torch.dtype | None = torch.float32):
+        super().__init__()
+        dt = W.dtype if dtype is None else dtype
+        self.weight = nn.Parameter(W.detach().to(dt).clone(), requires_grad=False)
+        self.bias = nn.Parameter(B.detach().to(dt).clone(), requires_grad=False)
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return apply_affine(self.weight, self.bias, X, self.out_shape)
+
+    def extra_repr(self) -> str:
+        return f"in_shape={self.in_shape}, out_shape={self.out_shape}, dtype={self.weight.dtype}"
+
+
+#: float64 (or other dtype) copies of module weights, reused across extractions of the same
+#: module: re-copying values into warm memory costs ~1/8 of fresh allocations, which the
+#: kernel must page in (~100 ms for ResNet-34).  Entries die with their module.
+_WORKSPACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def clear_workspaces() -> None:
+    """Free the cached weight copies kept by :func:`as_function` (``workspace=True``)."""
+    _WORKSPACES.clear()
+
+
+def as_function(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
+                dtype: torch.dtype | None = torch.float64, device: Any = None,
+                workspace: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f`` as a pure function of its input, evaluated in ``dtype`` (and on ``device``).
+
+    A module is run through ``torch.func.functional_call`` with its parameters and buffers
+    cast to ``dtype`` (floating ones), moved to ``device`` and detached.  The casts are
+    copies (the caller's module is never mutated, and no gradients with respect to weights
+    are recorded); with ``workspace`` the copies live in buffers kept per module (weakly)
+    and refreshed on every call, so repeated extractions skip the page faults of fresh
+    memory (not thread-safe for one module; :func:`clear_workspaces` frees them).  A module
+    in training mode is refused: batch norm would use batch statistics and dropout is
+    random.  A plain function is returned unchanged (it must accept inputs of ``dtype``).
+    """
+    if not isinstance(f, nn.Module):
+        return f
+    if any(m.training for m in f.modules()):
+        raise ValueError(f"{type(f).__name__} is in training mode (batch norm would use batch "
+                         "statistics); call .eval() before extracting its affine map")
+    cache: dict = _WORKSPACES.setdefault(f, {}) if workspace else {}
+    state: dict[str, torch.Tensor] = {}
+    for name, t in list(f.named_parameters()) + list(f.named_buffers()):
+        t = t.detach()
+        cast = dtype if (dtype is not None and t.is_floating_point()) else t.dtype
+        dev = t.device if device is None else torch.device(device)
+        if t.dtype == cast and t.device == dev:
+            state[name] = t  # already right: an alias (functional_call does not write to it)
+            continue
+        buf = cache.get((name, cast, dev))
+        if buf is None or buf.shape != t.shape:
+            buf = torch.empty(t.shape, dtype=cast, device=dev)
+            cache[(name, cast, dev)] = buf
+        state[name] = buf.copy_(t)
+    module = f
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(module, state, (x,), tie_weights=False, strict=False)
+
+    return fn
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _conv_geometry(size: int, k: int, s: int, p: int, d: int) -> int:
+    """Output length of a convolution: ``floor((size + 2p - d(k-1) - 1) / s) + 1``."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _im2row(x: torch.Tensor, kh: int, kw: int, stride: tuple[int, int],
+            padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """Rows ``(n, i, j)`` × columns ``(c, a, b)`` holding ``x_pad[n, c, s·i + d·a, s·j + d·b]``."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    n, c, hp, wp = x.shape
+    ho, wo = _conv_geometry(hp, kh, sh, 0, dh), _conv_geometry(wp, kw, sw, 0, dw)
+    xl = x.permute(0, 2, 3, 1)
+    parts = [xl[:, dh * a: dh * a + sh * (ho - 1) + 1: sh, dw * b: dw * b + sw * (wo - 1) + 1: sw, :]
+             for a in range(kh) for b in range(kw)]
+    return torch.stack(parts, dim=4).reshape(n * ho * wo, c * kh * kw)
+
+
+def _tap(a: int, k_step: int, pad: int, s: int, n_out: int, size: int) -> tuple[int, int, int, int]:
+    """For kernel tap ``a``: the outputs ``i ∈ [i0, i1)`` whose input ``x = s·i + k_step·a - pad``
+    lies in ``[0, size)`` (``i0 = ceil(-off/s)``, ``i1 = floor((size-1-off)/s) + 1``), and
+    the inputs ``[x0, x1)`` (step ``s``) they read."""
+    off = k_step * a - pad
+    i0 = max(0, -(off // s))
+    i1 = max(i0, min(n_out, (size - 1 - off) // s + 1))
+    return i0, i1, s * i0 + off, s * (i1 - 1) + off + 1
+
+
+class _GemmConv(torch.autograd.Function):
+    """``conv2d`` as ``rows(x) @ w2^T`` with a hand-written input adjoint:
+
+        x̄ = col2im(ȳ_rows @ w2)
+
+    where the cotangent is first made row-major (so that under ``vmap`` the vmapped
+    dimension folds into the rows of ONE GEMM) and ``col2im`` adds the ``kh·kw`` column
+    blocks back in place, cropping the zero padding on the way.  Weights get no gradient
+    (extraction detaches them); :func:`gemm_conv2d` falls back to plain autograd otherwise.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, w: torch.Tensor, stride: tuple[int, int],  # type: ignore[override]
+                padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+        n, h, wd = x.shape[0], x.shape[2], x.shape[3]
+        o, c, kh, kw = w.shape
+        ho = _conv_geometry(h, kh, stride[0], padding[0], dilation[0])
+        wo = _conv_geometry(wd, kw, stride[1], padding[1], dilation[1])
+        y = _im2row(x, kh, kw, stride, padding, dilation) @ w.reshape(o, c * kh * kw).t()
+        return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, w, ctx.stride, ctx.padding, ctx.dilation = inputs
+        ctx.in_hw = (x.shape[2], x.shape[3])
+        ctx.save_for_backward(w)
+        ctx.save_for_forward(w)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:  # type: ignore[override]
+        (w,) = ctx.saved_tensors
+        o, c, kh, kw = w.shape
+        n, ho, wo = g.shape[0], g.shape[2], g.shape[3]
+        (h, wd), (sh, sw), (ph, pw), (dh, dw) = ctx.in_hw, ctx.stride, ctx.padding, ctx.dilation
+        g_rows = g.permute(0, 2, 3, 1).contiguous().reshape(n * ho * wo, o)
+        cols = (g_rows @ w.reshape(o, c * kh * kw)).reshape(n, ho, wo, c, kh, kw)
+        gx = cols.new_zeros(n, h, wd, c)
+        for a in range(kh):
+            i0, i1, x0, x1 = _tap(a, dh, ph, sh, ho, h)
+            for b in range(kw):
+                j0, j1, y0, y1 = _tap(b, dw, pw, sw, wo, wd)
+                if i1 > i0 and j1 > j0:
+                    gx[:, x0:x1:sh, y0:y1:sw, :] += cols[:, i0:i1, j0:j1, :, a, b]
+        return gx.permute(0, 3, 1, 2), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: torch.Tensor, *rest: Any) -> torch.Tensor:
+        (w,) = ctx.saved_tensors
+        return _GemmConv.forward(x_t, w, ctx.stride, ctx.padding, ctx.dilation)
+
+
+def gemm_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+                stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                dilation: int | Sequence[int] = 1) -> torch.Tensor:
+    """``conv2d`` (groups = 1) as ONE matrix product with the batch in the rows.
+
+    With ``x`` zero-padded and channels last, the ``kh·kw`` shifted, strided views
+    ``x[n, s·i + d·a, s·j + d·b, c]`` are stacked into rows ``(n, i, j)`` × columns
+    ``(c, a, b)``, and ``y = rows @ w.reshape(O, C·kh·kw)^T + bias``.  Under
+    ``torch.func.vmap`` the vmapped dimension folds into the rows too, so the adjoint of
+    ten cotangents is one large GEMM instead of ten skinny ones (ATen's float64 CPU
+    convolution loops over the batch, which starves the GEMM when ``Ho·Wo`` is small).
+    """
+    st, pad, dil = _pair(stride), _pair(padding), _pair(dilation)
+    if w.requires_grad:  # plain autograd (weight gradients); not the extraction path
+        o, c, kh, kw = w.shape
+        n = x.shape[0]
+        ho = _conv_geometry(x.shape[2], kh, st[0], pad[0], dil[0])
+        wo = _conv_geometry(x.shape[3], kw, st[1], pad[1], dil[1])
+        y = (_im2row(x, kh, kw, st, pad, dil) @ w.reshape(o, -1).t()).reshape(n, ho, wo, o)
+        y = y.permute(0, 3, 1, 2)
+    else:
+        y = _GemmConv.apply(x, w, st, pad, dil)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+def eval_batch_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                    weight: torch.Tensor | None, bias: torch.Tensor | None,
+                    eps: float) -> torch.Tensor:
+    """Eval-mode batch norm as the per-channel affine map it is:
+    ``y = x·s + (β - μ·s)`` with ``s = γ / sqrt(σ² + ε)`` (its adjoint is one multiply)."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.view(view), x, scale.view(view))
+
+
+class GemmConvMode(TorchFunctionMode):
+    """Inside this mode, float64 ``conv2d`` calls with a small output grid (``Ho·Wo <=
+    max_positions``, groups 1, numeric padding) run through :func:`gemm_conv2d`, and
+    float64 eval-mode ``batch_norm`` through :func:`eval_batch_norm`; all other calls are
+    untouched.  Used while extracting affine maps (the adjoint passes of deep stages at
+    4×4 or 7×7 resolution are where ATen's float64 convolution is slowest).
+    """
+
+    def __init__(self, max_positions: int = 64):
+        super().__init__()
+        self.max_positions = max_positions
+
+    def _use_gemm(self, x: Any, w: Any, stride: Any, padding: Any, dilation: Any, groups: int) -> bool:
+        if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)) or groups != 1:
+            return False
+        if x.dtype != torch.float64 or w.dtype != x.dtype or x.dim() != 4 or w.dim() != 4 \
+                or isinstance(padding, str):
+            return False
+        (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+        ho = (x.shape[2] + 2 * ph - dh * (w.shape[2] - 1) - 1) // sh + 1
+        wo = (x.shape[3] + 2 * pw - dw * (w.shape[3] - 1) - 1) // sw + 1
+        return ho * wo <= self.max_positions
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        if func is torch.conv2d:
+            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+            defaults = (None, None, None, 1, 0, 1, 1)
+            a = dict(zip(names, defaults))
+            a.update(zip(names, args))
+            a.update(kwargs)
+            if self._use_gemm(a["input"], a["weight"], a["stride"], a["padding"], a["dilation"],
+                              a["groups"]):
+                return gemm_conv2d(a["input"], a["weight"], a["bias"], a["stride"], a["padding"],
+                                   a["dilation"])
+        elif func is F.batch_norm:
+            names = ("input", "running_mean", "running_var", "weight", "bias", "training",
+                     "momentum", "eps")
+            a = dict(zip(names, (None, None, None, None, None, False, 0.1, 1e-5)))
+            a.update(zip(names, args))
+            a.update(kwargs)
+            x, mean, var = a["input"], a["running_mean"], a["running_var"]
+            if (not a["training"] and isinstance(x, torch.Tensor) and x.dim() >= 2
+                    and x.dtype == torch.float64 and isinstance(mean, torch.Tensor)
+                    and isinstance(var, torch.Tensor)):
+                return eval_batch_norm(x, mean, var, a["weight"], a["bias"], float(a["eps"]))
+        return func(*args, **kwargs)
+
+
+def _default_chunk(n_rows: int, n_vec: int, itemsize: int) -> int:
+    """Chunk of unit vectors per batched pass: all of them when few, else ~64 MiB of vectors."""
+    per = max(1, (64 * 2**20) // max(1, n_vec * itemsize))
+    return max(1, min(n_rows, 256, per))
+
+
+def _rel_violation(lhs: torch.Tensor, rhs: torch.Tensor, *terms: torch.Tensor) -> float:
+    """``max|lhs - rhs| / max(max|t| over lhs, terms)`` (0 when everything is 0)."""
+    scale = max(float(t.abs().max()) if t.numel() else 0.0 for t in (lhs, *terms))
+    err = float((lhs - rhs).abs().max()) if lhs.numel() else 0.0
+    return 0.0 if scale == 0.0 else err / scale
+
+
+def _nonlinear_modules(f: Any) -> list[str]:
+    """Names of submodules of a known nonlinear type (for the error message)."""
+    if not isinstance(f, nn.Module):
+        return []
+    return [f"{name or '<root>'} ({type(m).__name__})" for name, m in f.named_modules()
+            if isinstance(m, _NONLINEAR_TYPES)]
+
+
+@torch.no_grad()
+def check_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Sequence[int], *,
+                 dtype: torch.dtype = torch.float64, device: Any = None, samples: int = 2,
+                 rtol: float | None = None, generator: torch.Generator | None = None) -> float:
+    """Test ``f(a x + b y) = a f(x) + b f(y) - (a + b - 1) f(0)`` on random ``x, y, a, b``.
+
+    The identity holds for every affine map and fails for a nonlinearity (ReLU, max
+    pooling, training-mode batch norm, ...) at almost every random point.  All points go
+    through ``f`` in one batch.  Returns the worst relative violation; raises
+    :class:`NotAffineError` when it exceeds ``rtol`` (default ``sqrt(eps)`` of ``dtype``,
+    far above the round-off of a deep affine network, far below a ReLU's effect).
+    """
+    in_shape = tuple(int(s) for s in in_shape)
+    fn = as_function(f, dtype, device)
+    tol = math.sqrt(torch.finfo(dtype).eps) if rtol is None else float(rtol)
+    g = generator if generator is not None else torch.Generator().manual_seed(20240807)
+    x = torch.randn(samples, *in_shape, generator=g, dtype=dtype).to(device)
+    y = torch.randn(samples, *in_shape, generator=g, dtype=dtype).to(device)
+    ab = (0.5 + 1.5 * torch.rand(2, samples, generator=g, dtype=dtype)).to(device)
+    a, b = (v.reshape(samples, *([1] * len(in_shape))) for v in ab)
+    zero = torch.zeros(1, *in_shape, dtype=dtype, device=device)
+    out = fn(torch.cat([a * x + b * y, x, y, zero]))
+    f_mix, f_x, f_y, f_0 = out[:samples], out[samples:2 * samples], out[2 * samples:3 * samples], out[-1:]
+    ao, bo = (v.reshape(samples, *([1] * (out.dim() - 1))) for v in ab)
+    rhs = ao * f_x + bo * f_y - (ao + bo - 1) * f_0
+    worst = _rel_violation(f_mix, rhs, ao * f_x, bo * f_y, (ao + bo - 1) * f_0)
+    if not worst <= tol:  # also catches NaN
+        found = _nonlinear_modules(f)
+        hint = (f"; nonlinear modules found: {', '.join(found[:5])}"
+                + (f" and {len(found) - 5} more" if len(found) > 5 else "")) if found else \
+            " (a nonlinearity such as ReLU or max pooling, or a data-dependent operation)"
+        raise NotAffineError(
+            f"f is not affine: f(a·x+b·y) differs from a·f(x)+b·f(y)-(a+b-1)·f(0) by a relative "
+            f"{worst:.3g} (tolerance {tol:.1g}){hint}. Only a network without nonlinearities "
+            "collapses to one affine map; collapse its linear segments instead.")
+    return worst
+
+
+def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Sequence[int], *,
+                   method: str = "auto", dtype: torch.dtype = torch.float64, device: Any = None,
+                   chunk_size: int | None = None, check: bool = False,
+                   budget: int | None = None, gemm_conv: bool = True) -> AffineMap:
+    """The affine map ``f(x) = W x + B`` of an affine ``f`` on inputs of shape ``in_shape``.
+
+    ``f`` maps ``(N, *in_shape) -> (N, *out_shape)`` treating batch entries independently
+    (an ``nn.Module`` must be in eval mode; it is evaluated on a ``dtype`` copy of its
+    weights).  ``method``: ``"vjp"`` (rows by vector–Jacobian products), ``"jvp"``
+    (columns by Jacobian–vector products), ``"identity_batch"`` (columns
+    ``f(e_j) - f(0)``), or ``"auto"``: vjp when ``n_out < n_in``, else jvp.
+    ``chunk_size`` unit vectors go through each batched pass (default: all of them up to
+    256).  ``check=True`` first runs :func:`check_affine`.  The memory guard refuses
+    (``MemoryBudgetError``, nothing allocated) when ``W`` plus one chunk of unit vectors and
+    results would exceed ``budget`` (default ``$LAURENTNET_MEMORY_BUDGET`` or half the RAM).
+
+    Only ``B = f(0)`` and one linearisation forward pass at batch 1 run before the guard.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} not in {METHODS}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    mode = GemmConvMode() if gemm_conv else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), mode, warnings.catch_warnings():
+        # torch's own noise: functorch ops without a batching rule (a loop, still
+        # correct) and the deprecated torch.jit.script inside forward-AD decompositions
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+        return _extract(f, in_shape, method, dtype, device, chunk_size, check, budget)
+
+
+def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Sequence[int],
+             method: str, dtype: torch.dtype, device: Any, chunk_size: int | None, check: bool,
+             budget: int | None) -> AffineMap:
+    """The body of :func:`extract_affine` (arguments already validated)."""
+    t0 = time.perf_counter()
+    in_shape = tuple(int(s) for s in in_shape)
+    n_in = math.prod(in_shape)
+    check_budget(estimate_bytes((n_in,), dtype), f"the input of shape {in_shape}", budget)
+    if check:
+        check_affine(f, in_shape, dtype=dtype, device=device)
+    fn = as_function(f, dtype, device)
+    x0 = torch.zeros(1, *in_shape, dtype=dtype, device=device)
+
+    vjp_fn = None
+    if method in ("auto", "vjp"):
+        out0, vjp_fn = torch.func.vjp(fn, x0)
+    else:
+        with torch.no_grad():
+            out0 = fn(x0)
+    out0 = out0.detach()
+    if out0.shape[0] != 1:
+        raise ValueError(f"f must keep the batch dimension: (1, *{in_shape}) gave {tuple(out0.shape)}")
+    out_shape = tuple(out0.shape[1:])
+    n_out = math.prod(out_shape)
+    if method == "auto":
+        method = "vjp" if n_out < n_in else "jvp"
+    if method != "vjp":
+        vjp_fn = None  # free the saved activations
+    n_rows = n_out if method == "vjp" else n_in
+    vec_len = n_out if method == "vjp" else n_in
+    res_len = n_in if method == "vjp" else n_out
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    chunk = min(n_rows, chunk_size or _default_chunk(n_rows, vec_len + res_len, itemsize))
+    need = estimate_bytes((n_out, n_in), dtype) + estimate_bytes((chunk, vec_len + res_len), dtype)
+    check_budget(need, f"the {n_out} x {n_in} affine map W (+ one chunk of {chunk} unit vectors "
+                 f"by {method})", budget)
+
+    t_setup = time.perf_counter() - t0
+    B = out0.reshape(n_out).clone()
+    W = torch.empty(n_out, n_in, dtype=dtype, device=device)
+    passes, chunks = 1, 0
+    for start in range(0, n_rows, chunk):
+        stop = min(n_rows, start + chunk)
+        idx = torch.arange(stop - start, device=device)
+        E = torch.zeros(stop - start, n_rows, dtype=dtype, device=device)
+        E[idx, start + idx] = 1.0
+        if method == "vjp":
+            (rows,) = torch.func.vmap(vjp_fn)(E.reshape(-1, 1, *out_shape))
+            W[start:stop] = rows.reshape(stop - start, n_in)
+        elif method == "jvp":
+            def column(t: torch.Tensor) -> torch.Tensor:
+                return torch.func.jvp(fn, (x0,), (t,))[1]
+            with torch.no_grad():
+                cols = torch.func.vmap(column)(E.reshape(-1, 1, *in_shape))
+            W[:, start:stop] = cols.reshape(stop - start, n_out).t()
+        else:
+            with torch.no_grad():
+                cols = fn(E.reshape(-1, *in_shape)).reshape(stop - start, n_out) - B
+            W[:, start:stop] = cols.t()
+        del E
+        passes += 1
+        chunks += 1
+    seconds = time.perf_counter() - t0
+    info = {"chunk_size": chunk, "dtype": str(dtype).removeprefix("torch."),
+            "W_bytes": format_bytes(estimate_bytes((n_out, n_in), dtype)),
+            "seconds_setup": t_setup, "seconds_passes": seconds - t_setup}
+    return AffineMap(W, B, in_shape, out_shape, method, passes, chunks, seconds, info)

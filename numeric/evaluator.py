@@ -1,0 +1,200 @@
+"""Running a collapsed convolution by the cheapest method: direct, FFT, one GEMM, or the
+original layers.
+
+All methods compute the same window (:meth:`KernelOperator.output_shape`):
+
+* ``padding='zero'``:   ``y[i] = b + sum_e c_e x[s i - e]`` with ``x = 0`` outside the
+  input, ``0 <= i < out`` — exactly ``F.conv{n}d`` with :meth:`KernelOperator.to_torch_weight`;
+* ``padding='circular'``: ``y[i] = b + sum_e c_e x[(s i - e) mod n]``, ``out = n / s``.
+
+``OperatorEvaluator`` picks the method from :func:`numeric.cost.estimate_costs` unless told.
+The original layers agree with the collapsed operator for circular padding (strides dividing
+the sizes) and for chains of 'valid' layers; with zero 'same' padding the layers crop at
+every step and agree only on the interior (DESIGN.md, "Boundaries").
+"""
+from __future__ import annotations
+
+from math import prod
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .affine import extract_affine
+from .cost import METHODS, CostReport, Machine, estimate_costs, fft_grid
+from .kernels import KernelOperator
+from .spectrum import fold_periodic
+
+__all__ = ["OperatorEvaluator", "DirectConv", "conv_direct", "conv_fft", "dense_matrix"]
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _circular_pad(x: torch.Tensor, before: Sequence[int], after: Sequence[int]) -> torch.Tensor:
+    """``xpad[m] = x[(m - before) mod n]`` for ``m < n + before + after`` on every spatial
+    axis (any widths, even wider than ``n``; ``F.pad(mode='circular')`` when it applies)."""
+    sizes = x.shape[x.ndim - len(before):]
+    if all(0 <= b <= n and 0 <= a <= n for b, a, n in zip(before, after, sizes)):
+        return F.pad(x, [v for b, a in zip(reversed(before), reversed(after)) for v in (b, a)],
+                     mode="circular")
+    for axis, (b, a) in enumerate(zip(before, after)):
+        dim = x.ndim - len(before) + axis
+        n = x.shape[dim]
+        index = torch.arange(-b, n + a, device=x.device) % n
+        x = x.index_select(dim, index)
+    return x
+
+
+class DirectConv(nn.Module):
+    """``op`` as one ``conv{n}d`` with its torch weight kept as buffers.  Circular padding:
+    the kernel folded modulo ``n`` and the input wrapped by ``p = high`` before and
+    ``k - 1 - p`` after, so ``out = n / s``."""
+
+    def __init__(self, op: KernelOperator, sizes: Sequence[int], padding: str = "zero"):
+        super().__init__()
+        if padding not in ("zero", "circular"):
+            raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+        sizes = tuple(int(v) for v in sizes)
+        op.output_shape(sizes, padding)  # checks the window (and circular divisibility)
+        w = (op.mod_circular(sizes) if padding == "circular" else op).to_torch_weight()
+        self.register_buffer("weight", w.weight)
+        self.register_buffer("bias", w.bias)
+        self.stride, self.padding, self.circular = w.stride, w.padding, padding == "circular"
+        self.after = tuple(k - 1 - p for k, p in zip(w.weight.shape[2:], w.padding))
+        self._conv = _CONV[op.ndim]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        if self.circular:
+            return self._conv(_circular_pad(x, self.padding, self.after), weight, bias,
+                              stride=self.stride)
+        return self._conv(x, weight, bias, stride=self.stride, padding=self.padding)
+
+
+def conv_direct(op: KernelOperator, x: torch.Tensor, padding: str = "zero") -> torch.Tensor:
+    """``op`` applied to ``x`` by one ``conv{n}d`` (see :class:`DirectConv`)."""
+    return DirectConv(op, tuple(x.shape[2:]), padding)(x)
+
+
+def _kernel_spectrum(op: KernelOperator, sizes: Sequence[int], padding: str) -> torch.Tensor:
+    """One-sided spectrum ``(F, C_out, C_in)`` on :func:`numeric.cost.fft_grid`: of the kernel
+    folded modulo ``n`` (circular) or of the ascending coefficient array (zero padding)."""
+    grid = fft_grid(op, sizes, padding)
+    dims = tuple(range(2, 2 + op.ndim))
+    base = fold_periodic(op, sizes) if padding == "circular" else op.coeffs
+    return torch.fft.rfftn(base, s=grid, dim=dims).flatten(2).permute(2, 0, 1).contiguous()
+
+
+def _fft_apply(op: KernelOperator, spectrum: torch.Tensor, x: torch.Tensor,
+               padding: str) -> torch.Tensor:
+    """``y`` from the precomputed spectrum.  Zero padding: ``f = u * x`` (linear, ``u`` the
+    ascending coefficients), ``y[i] = f[s i - low]`` (zero outside ``f``)."""
+    sizes = tuple(x.shape[2:])
+    grid = fft_grid(op, sizes, padding)
+    dims = tuple(range(2, x.ndim))
+    xh = torch.fft.rfftn(x, s=grid, dim=dims)
+    spec_shape = xh.shape[2:]
+    spectrum = spectrum.to(xh.dtype)
+    rhs = xh.flatten(2).permute(2, 1, 0).contiguous()  # (F, C_in, B): bmm needs contiguous
+    yh = torch.bmm(spectrum, rhs).permute(2, 1, 0).reshape(x.shape[0], -1, *spec_shape)
+    f = torch.fft.irfftn(yh, s=grid, dim=dims)
+    out = op.output_shape(sizes, padding)
+    if padding == "circular":
+        y = f[(..., *(slice(None, None, s) for s in op.stride))]
+    else:
+        left = [max(0, l) for l in op.low]
+        right = [max(0, s * (o - 1) - l - (g - 1)) for s, o, l, g in zip(op.stride, out, op.low, grid)]
+        if any(left) or any(right):
+            f = F.pad(f, [v for pair in zip(reversed(left), reversed(right)) for v in pair])
+        y = f[(..., *(slice(lf - l, lf - l + s * (o - 1) + 1, s)
+                      for lf, l, s, o in zip(left, op.low, op.stride, out)))]
+    return y + op.bias.to(y.dtype).reshape(-1, *(1,) * op.ndim)
+
+
+def conv_fft(op: KernelOperator, x: torch.Tensor, padding: str = "zero") -> torch.Tensor:
+    """``op`` applied through real FFTs (one-off; :class:`OperatorEvaluator` keeps the kernel
+    spectrum)."""
+    if padding not in ("zero", "circular"):
+        raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+    return _fft_apply(op, _kernel_spectrum(op.to(x.dtype), tuple(x.shape[2:]), padding), x, padding)
+
+
+def dense_matrix(op: KernelOperator, sizes: Sequence[int], padding: str = "zero", *,
+                 budget: int | None = None) -> torch.Tensor:
+    """The matrix ``W`` of the linear part on inputs of spatial size ``n``:
+    ``y.flatten() = W x.flatten() + b``, shape ``(C_out prod(out), C_in prod(n))``, found by
+    :func:`numeric.affine.extract_affine` on :class:`DirectConv` (in the operator's dtype;
+    the memory guard refuses before ``W`` is allocated)."""
+    sizes = tuple(int(v) for v in sizes)
+    module = DirectConv(op.linear_part(), sizes, padding).eval()
+    return extract_affine(module, (op.in_channels, *sizes), dtype=op.dtype, budget=budget).W
+
+
+def _check_layers(op: KernelOperator, layers: Sequence[KernelOperator], sizes: Sequence[int],
+                  padding: str) -> None:
+    """The layers must map the operator's input to its output: channels, total stride and
+    output window."""
+    n = tuple(sizes)
+    for layer in layers:
+        n = layer.output_shape(n, padding)
+    stride = tuple(prod(col) for col in zip(*(layer.stride for layer in layers)))
+    if (layers[0].in_channels, layers[-1].out_channels) != (op.in_channels, op.out_channels) \
+            or stride != op.stride or n != op.output_shape(sizes, padding):
+        raise ValueError(f"the layers map {layers[0].in_channels} channels to "
+                         f"{layers[-1].out_channels} with stride {stride} and output {n}; the "
+                         f"operator maps {op.in_channels} to {op.out_channels} with stride "
+                         f"{op.stride} and output {op.output_shape(sizes, padding)}")
+
+
+class OperatorEvaluator(nn.Module):
+    """Evaluates ``op`` on inputs of one size ``(batch, C_in, *n)`` by ``method`` —
+    ``'direct'``, ``'fft'``, ``'gemm'`` or ``'layers'`` (needs ``layers``) — or, by default,
+    the cheapest by the cost model (:attr:`report`).  Built in the operator's dtype; the batch
+    may vary, the spatial size may not."""
+
+    def __init__(self, op: KernelOperator, input_size: Sequence[int], *, padding: str = "zero",
+                 method: str | None = None, layers: Sequence[KernelOperator] | None = None,
+                 budget: int | None = None, machine: Machine | None = None):
+        super().__init__()
+        self.op = op
+        self.padding = padding
+        self.sizes = tuple(int(v) for v in input_size)[2:]
+        self.report: CostReport = estimate_costs(op, input_size, padding=padding, layers=layers,
+                                                  budget=budget, machine=machine)
+        if method is not None and method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method == "layers" and not layers:
+            raise ValueError("method='layers' needs the original layers (layers=[...])")
+        self.method = method or self.report.chosen
+        self.layers = tuple(layers or ())
+        self.out_shape = op.output_shape(self.sizes, padding)
+        if self.layers:
+            _check_layers(op, self.layers, self.sizes, padding)
+        if self.method == "direct":
+            self.convs = nn.Sequential(DirectConv(op, self.sizes, padding))
+        elif self.method == "layers":
+            self.convs, n = nn.Sequential(), self.sizes
+            for layer in self.layers:
+                self.convs.append(DirectConv(layer, n, padding))
+                n = layer.output_shape(n, padding)
+        elif self.method == "fft":
+            self.register_buffer("spectrum", _kernel_spectrum(op, self.sizes, padding))
+        elif self.method == "gemm":
+            self.register_buffer("matrix", dense_matrix(op, self.sizes, padding, budget=budget))
+            self.register_buffer("bias", op.bias.repeat_interleave(prod(self.out_shape)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != (self.op.in_channels, *self.sizes):
+            raise ValueError(f"this evaluator was built for inputs (batch, {self.op.in_channels}, "
+                             f"{', '.join(map(str, self.sizes))}), got {tuple(x.shape)}")
+        if self.method == "fft":
+            return _fft_apply(self.op, self.spectrum, x, self.padding)
+        if self.method == "gemm":
+            y = F.linear(x.flatten(1), self.matrix.to(x.dtype), self.bias.to(x.dtype))
+            return y.reshape(x.shape[0], self.op.out_channels, *self.out_shape)
+        return self.convs(x)
+
+    def extra_repr(self) -> str:
+        return (f"{self.op!r}, input (*, {self.op.in_channels}, {self.sizes}), "
+                f"padding={self.padding!r}, method={self.method!r}")
