@@ -100,24 +100,26 @@ class CollapseResult:
         the network on ``region`` (periodic semantics when ``periodic``)."""
         return apply_operator(self.operator, x, self.output_shape[1:], periodic=self.periodic)
 
+    def where(self) -> str:
+        """Where the collapse is exact, in words."""
+        if self.periodic:
+            return (f"exact at every position on {self.input_shape[1:]}-periodic inputs "
+                    "(circular padding)")
+        if self.exact_everywhere:
+            return "exact at every output position"
+        box = self.region_box()
+        return (f"exact on {int(self.region.sum())} of {self.region.size} output positions"
+                + (f", bounding box {box}" if box else ": nowhere"))
+
     def describe(self) -> str:
         op = self.operator
         kernel = "x".join(map(str, op.kernel_size()))
         head = (f"{op.out_channels}x{op.in_channels} operator, kernel {kernel}, stride "
                 f"{op.stride}" + (f", up-sampling {op.upsample}" if any(u > 1 for u in op.upsample) else ""))
-        if self.periodic:
-            where = f"exact at every position on {self.input_shape[1:]}-periodic inputs (circular padding)"
-        elif self.exact_everywhere:
-            where = "exact at every output position"
-        else:
-            box = self.region_box()
-            total = self.region.size
-            where = (f"exact on {int(self.region.sum())} of {total} output positions"
-                     + (f", bounding box {box}" if box else ": nowhere"))
-        return f"{head}; {where}"
+        return f"{head}; {self.where()}"
 
     def __repr__(self) -> str:
-        return f"CollapseResult({self.describe()})"
+        return f"{type(self).__name__}({self.describe()})"
 
 
 class AlgebraBackend:

@@ -81,6 +81,15 @@ class Node:
         return type(self).__name__
 
 
+class UnaryNode(Node):
+    """A layer with one input, named by its ``input`` field."""
+    input: str
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.input,)
+
+
 @dataclass(frozen=True)
 class Input(Node):
     channels: int
@@ -91,7 +100,7 @@ class Input(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Conv(Node):
+class Conv(UnaryNode):
     """``F.conv{n}d(F.pad(x, padding, mode), weight, bias, stride, dilation, groups)``.
 
     ``padding`` is ``(left, right)`` per axis; ``mode`` one of ``zeros``, ``circular``,
@@ -104,10 +113,6 @@ class Conv(Node):
     dilation: tuple[int, ...]
     groups: int
     mode: str = "zeros"
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.input,)
 
     @property
     def kernel_size(self) -> tuple[int, ...]:
@@ -148,7 +153,7 @@ class Conv(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class ConvTranspose(Node):
+class ConvTranspose(UnaryNode):
     """``F.conv_transpose{n}d(x, weight, bias, stride, padding, output_padding, groups,
     dilation)``; weight ``(C_in, C_out/g, *k)``.  Zero-insertion up-sampling is the case of a
     ``1 x 1`` identity weight."""
@@ -160,10 +165,6 @@ class ConvTranspose(Node):
     output_padding: tuple[int, ...]
     dilation: tuple[int, ...]
     groups: int
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.input,)
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (c, *n), = in_shapes
@@ -187,16 +188,12 @@ class ConvTranspose(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class ChannelAffine(Node):
+class ChannelAffine(UnaryNode):
     """``y_c = scale_c x_c + shift_c`` (eval-mode batch norm, a per-channel or scalar scale)."""
     input: str
     scale: tuple[Any, ...]
     shift: tuple[Any, ...] | None
     label: str = "affine"
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.input,)
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (shape,) = in_shapes
@@ -254,15 +251,11 @@ class Concat(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Split(Node):
+class Split(UnaryNode):
     """Channels ``start:stop`` of the input (``torch.split``/slicing)."""
     input: str
     start: int
     stop: int
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.input,)
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (shape,) = in_shapes
@@ -278,17 +271,13 @@ class Split(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class AvgPool(Node):
+class AvgPool(UnaryNode):
     """``F.avg_pool{n}d(x, kernel, stride, padding, ceil_mode=False, count_include_pad)``."""
     input: str
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
     padding: tuple[int, ...]
     count_include_pad: bool = True
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.input,)
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (c, *n), = in_shapes
@@ -312,13 +301,9 @@ class AvgPool(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class GlobalAvgPool(Node):
+class GlobalAvgPool(UnaryNode):
     """``x.mean(spatial axes, keepdim=True)``: output size 1 per axis."""
     input: str
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.input,)
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (c, *n), = in_shapes
@@ -336,14 +321,10 @@ class GlobalAvgPool(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Flatten(Node):
+class Flatten(UnaryNode):
     """``x.flatten(1)`` (C-order: channel, then the spatial axes)."""
     input: str
     spatial = False
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.input,)
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (shape,) = in_shapes
@@ -354,16 +335,12 @@ class Flatten(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Linear(Node):
+class Linear(UnaryNode):
     """``F.linear(x, weight, bias)``: ``y = W x + b`` on flat vectors."""
     input: str
     weight: np.ndarray
     bias: np.ndarray | None
     spatial = False
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.input,)
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (shape,) = in_shapes

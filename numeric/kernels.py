@@ -30,22 +30,13 @@ import torch.nn.functional as F
 
 from algebra import ConvOperator, exact_rational
 from algebra.layout import default_ring
+from algebra.laurent import _as_axis_tuple as _per_axis
 
 from .memory import check_budget, estimate_bytes
 
 __all__ = ["KernelOperator", "TorchConv", "block_diag", "vstack", "polymatmul"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
-def _per_axis(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
-    """Broadcast an int to one value per spatial axis, or check a sequence's length."""
-    if isinstance(value, (int, np.integer)):
-        return (int(value),) * ndim
-    values = tuple(int(v) for v in value)
-    if len(values) != ndim:
-        raise ValueError(f"{name} needs {ndim} values (one per axis), got {values}")
-    return values
 
 
 def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -502,6 +493,16 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
+def _frame(ops: Sequence[KernelOperator]) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
+    """The common exponent box ``(low, size)`` and promoted dtype of several operators."""
+    low = tuple(min(col) for col in zip(*(op.low for op in ops)))
+    high = tuple(max(col) for col in zip(*(op.high for op in ops)))
+    dtype = ops[0].dtype
+    for op in ops[1:]:
+        dtype = torch.promote_types(dtype, op.dtype)
+    return low, tuple(h - l + 1 for l, h in zip(low, high)), dtype
+
+
 def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
     """``diag(A_1, ..., A_g)`` — a grouped convolution (equal strides)."""
     ops = list(operators)
@@ -509,12 +510,7 @@ def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
         raise ValueError("block_diag needs at least one operator")
     if len({(op.stride, op.ndim) for op in ops}) != 1:
         raise ValueError("block_diag needs operators with equal strides and dimensions")
-    low = tuple(min(col) for col in zip(*(op.low for op in ops)))
-    high = tuple(max(col) for col in zip(*(op.high for op in ops)))
-    size = tuple(h - l + 1 for l, h in zip(low, high))
-    dtype = ops[0].dtype
-    for op in ops[1:]:
-        dtype = torch.promote_types(dtype, op.dtype)
+    low, size, dtype = _frame(ops)
     c_out, c_in = sum(op.out_channels for op in ops), sum(op.in_channels for op in ops)
     coeffs = torch.zeros((c_out, c_in, *size), dtype=dtype)
     o = c = 0
@@ -531,11 +527,6 @@ def vstack(operators: Sequence[KernelOperator]) -> KernelOperator:
         raise ValueError("vstack needs at least one operator")
     if len({(op.stride, op.ndim, op.in_channels) for op in ops}) != 1:
         raise ValueError("vstack needs operators with equal strides, dimensions and inputs")
-    low = tuple(min(col) for col in zip(*(op.low for op in ops)))
-    high = tuple(max(col) for col in zip(*(op.high for op in ops)))
-    size = tuple(h - l + 1 for l, h in zip(low, high))
-    dtype = ops[0].dtype
-    for op in ops[1:]:
-        dtype = torch.promote_types(dtype, op.dtype)
+    low, size, dtype = _frame(ops)
     coeffs = torch.cat([op._embedded(low, size).to(dtype) for op in ops])
     return KernelOperator(coeffs, low, ops[0].stride, torch.cat([op.bias.to(dtype) for op in ops]))

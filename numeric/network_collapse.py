@@ -8,13 +8,12 @@ layers' tap patterns and on which collapsed values carry a bias, so it is exact 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from algebra.collapse import collapse_walk
+from algebra.collapse import CollapseResult, collapse_walk
 from algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
                              Network, Shape, Split)
 
@@ -93,26 +92,19 @@ class NumericBackend:
         return (op.bias != 0).numpy()
 
 
-@dataclass
-class NumericCollapse:
-    """``operator`` equals the network on the output positions where ``region`` is True."""
+class NumericCollapse(CollapseResult):
+    """A :class:`~algebra.collapse.CollapseResult` whose operator is a float
+    :class:`KernelOperator`: it equals the network where ``region`` is True."""
     operator: KernelOperator
-    input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
-    region: np.ndarray
-    periodic: bool
 
-    @property
-    def exact_everywhere(self) -> bool:
-        return bool(self.region.all())
+    def apply(self, x: Any) -> np.ndarray:
+        raise NotImplementedError("apply a KernelOperator with numeric.evaluator "
+                                  "(OperatorEvaluator, conv_direct, conv_fft)")
 
     def describe(self) -> str:
         op = self.operator
         kernel = "x".join(map(str, op.kernel_size))
-        where = ("exact at every position on periodic inputs" if self.periodic else
-                 "exact at every output position" if self.exact_everywhere else
-                 f"exact on {int(self.region.sum())} of {self.region.size} output positions")
-        return f"{op.out_channels}x{op.in_channels} kernel {kernel}, stride {op.stride}; {where}"
+        return f"{op.out_channels}x{op.in_channels} kernel {kernel}, stride {op.stride}; {self.where()}"
 
 
 def collapse_numeric(network: Network, input_shape: Sequence[int], *,
