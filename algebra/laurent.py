@@ -520,20 +520,22 @@ class LaurentPoly:
         if not self.poly:
             return "0"
         to_sympy = self.ring.domain.to_sympy
+        names = [sympy.latex(s) for s in self.ring.symbols]
         parts = []
         for e, c in sorted(self.iterterms(), key=lambda t: tuple(-x for x in t[0])):
             coeff = to_sympy(c)
-            monomial = sympy.Mul(*[s ** a for s, a in zip(self.ring.symbols, e)])
+            monomial = " ".join(name if a == 1 else f"{name}^{{{a}}}"
+                                for name, a in zip(names, e) if a != 0) or 1
             if monomial == 1:
                 text = sympy.latex(coeff)
             elif coeff == 1:
-                text = sympy.latex(monomial)
+                text = monomial
             elif coeff == -1:
-                text = "-" + sympy.latex(monomial)
+                text = "-" + monomial
             elif coeff.is_Add:
-                text = f"\\left({sympy.latex(coeff)}\\right) {sympy.latex(monomial)}"
+                text = f"\\left({sympy.latex(coeff)}\\right) {monomial}"
             else:
-                text = f"{sympy.latex(coeff)} {sympy.latex(monomial)}"
+                text = f"{sympy.latex(coeff)} {monomial}"
             parts.append(text)
         out = parts[0]
         for text in parts[1:]:
