@@ -1,0 +1,44 @@
+"""Package-level promises: algebra never imports torch; the CLI and the demo behave."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bridge.cli import main
+
+
+def test_algebra_imports_no_torch():
+    code = "import sys, algebra; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_help_for_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    assert "--json" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_with_one_line(capsys):
+    assert main(["demo", "--channels", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "channels" in err[0]
+
+
+def test_demo_json_report_is_exact_and_within_tolerance(capsys):
+    assert main(["demo", "--json", "--channels", "3", "--repeats", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["exact_match"]
+    assert report["max_rel_error"] <= report["tolerance"]
+    assert report["total_stride"] == [4, 4]
+
+
+def test_python_dash_m_bridge_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "bridge", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout
