@@ -8,6 +8,7 @@ convert back to the same float bit for bit.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from numbers import Integral, Rational
 from typing import Any
 
@@ -16,7 +17,7 @@ from sympy import Expr, Rational as SymRational
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
-__all__ = ["exact_rational", "to_domain"]
+__all__ = ["exact_rational", "to_domain", "round_rational"]
 
 
 def exact_rational(value: Any) -> SymRational:
@@ -62,3 +63,32 @@ def to_domain(value: Any, domain: Domain) -> Any:
     if isinstance(value, Rational):
         return domain.convert_from(QQ(int(value.numerator), int(value.denominator)), QQ)
     return domain.convert(value)
+
+
+def round_rational(value: Fraction | SymRational, dtype: Any) -> Any:
+    """``value`` correctly rounded (to nearest, ties to even) into the float ``dtype``.
+
+    ``int / int`` (``float(Fraction)``) is correctly rounded to float64, so dyadic rationals
+    from floats come back exactly.  Narrower floats (float32, float16) must not be reached
+    by rounding to nearest twice (a value just above a float32 midpoint can land exactly on
+    it in float64 and then tie to even the wrong way): round to float64 *to odd* first
+    (53 >= 24 + 2 bits, so the second rounding is then correct).  Non-float dtypes and
+    values that overflow the dtype raise ``ValueError``."""
+    if isinstance(value, SymRational):
+        value = Fraction(int(value.p), int(value.q))
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"cannot round {value} into the non-float dtype {dtype}")
+    if dtype.itemsize >= 8:
+        result = dtype.type(value)
+    else:
+        nearest = float(value)
+        if Fraction(nearest) != value:
+            toward = math.inf if value > Fraction(nearest) else -math.inf
+            if not int(np.float64(nearest).view(np.int64)) & 1:
+                nearest = math.nextafter(nearest, toward)  # the odd neighbour
+        with np.errstate(over="ignore"):
+            result = dtype.type(nearest)
+    if not np.isfinite(result):
+        raise ValueError(f"{float(value):.6g} overflows {dtype}")
+    return result

@@ -16,9 +16,7 @@ change the operator, so it is not part of it (see :mod:`algebra.signal` for wind
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +24,7 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
-from .exact import to_domain
+from .exact import round_rational, to_domain
 from .laurent import LaurentPoly, LaurentRing, _as_axis_tuple
 from .operator import ConvOperator
 
@@ -152,30 +150,12 @@ class TorchLayout:
                 "groups": self.groups}
 
 
-def _round_rational(value: Fraction, dtype: np.dtype) -> Any:
-    """``value`` correctly rounded (to nearest, ties to even) into the float ``dtype``.
-
-    ``int / int`` (``float(Fraction)``) is correctly rounded to float64, so dyadic rationals
-    from floats come back exactly.  Narrower floats (float32, float16) must not be reached
-    by rounding to nearest twice (a value just above a float32 midpoint can land exactly on
-    it in float64 and then tie to even the wrong way): round to float64 *to odd* first
-    (53 >= 24 + 2 bits, so the second rounding is then correct)."""
-    if dtype.kind != "f" or dtype.itemsize >= 8:
-        return dtype.type(value)
-    nearest = float(value)
-    if Fraction(nearest) != value:
-        toward = math.inf if value > Fraction(nearest) else -math.inf
-        if not int(np.float64(nearest).view(np.int64)) & 1:
-            nearest = math.nextafter(nearest, toward)  # the odd neighbour
-    return dtype.type(nearest)
-
-
 def _domain_to_number(value: Any, domain: Domain, dtype: Any) -> Any:
     exact = domain.to_sympy(value)
     if dtype is object:
         return exact
     if exact.is_Rational:
-        return _round_rational(Fraction(int(exact.p), int(exact.q)), np.dtype(dtype))
+        return round_rational(exact, dtype)
     if exact.free_symbols:
         raise ValueError(f"coefficient {exact} is symbolic; use dtype=object or subs() first")
     return np.dtype(dtype).type(complex(exact) if np.dtype(dtype).kind == "c" else float(exact))
