@@ -21,28 +21,23 @@ import sympy
 from sympy.polys.domains.domain import Domain
 from sympy.polys.matrices import DomainMatrix
 
-from .exact import to_domain
+from .exact import round_rational, to_domain
+from .memory import check_budget
+from .regions import mode_index
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                       GlobalAvgPool, Input, Linear, Network, Shape, Split)
 
 __all__ = ["AffineMap", "collapse_affine", "layer_matrix", "index_map"]
 
+_BYTES_PER_EXACT_ENTRY = 100  # a dict slot plus a gmpy rational, roughly
+
 
 def index_map(mode: str, size: int) -> Callable[[int], int | None]:
-    """Where a padded position ``j`` reads the input: ``None`` for a zero."""
+    """Where a padded position ``j`` reads the input: ``None`` for a zero (PyTorch's rules,
+    the same map as :func:`algebra.regions.mode_index`)."""
     if mode == "zeros":
         return lambda j: j if 0 <= j < size else None
-    if mode == "circular":
-        return lambda j: j % size
-    if mode == "reflect":
-        def reflect(j: int) -> int:
-            period = 2 * (size - 1)
-            j = abs(j) % period if period else 0
-            return j if j < size else period - j
-        return reflect
-    if mode == "replicate":
-        return lambda j: min(max(j, 0), size - 1)
-    raise ValueError(f"unknown padding mode {mode!r}")
+    return lambda j: int(mode_index(mode, np.int64(j), size))
 
 
 def _flat(shape: Shape) -> Callable[[int, tuple[int, ...]], int]:
@@ -207,12 +202,18 @@ class AffineMap:
 
     def to_numpy(self, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray]:
         """``(W, B)`` as dense float arrays (rounded once from the exact values)."""
-        W = np.zeros(self.W.shape, dtype=dtype)
         to_sympy = self.domain.to_sympy
+
+        def number(v: Any) -> Any:
+            value = to_sympy(v)
+            if value.free_symbols:
+                raise ValueError(f"the map is symbolic ({value}); substitute values first")
+            return round_rational(value, dtype)
+        W = np.zeros(self.W.shape, dtype=dtype)
         for r, row in self.W.rep.to_dod().items():
             for c, v in row.items():
-                W[r, c] = float(to_sympy(v))
-        B = np.array([float(to_sympy(b)) for b in self.B], dtype=dtype)
+                W[r, c] = number(v)
+        B = np.array([number(b) for b in self.B], dtype=dtype)
         return W, B
 
     def apply(self, x: Any) -> np.ndarray:
@@ -240,6 +241,10 @@ def collapse_affine(network: Network, input_shape: Sequence[int]) -> AffineMap:
     shapes = network.shapes(input_shape)
     domain = network.domain
     n_in = int(np.prod(shapes["input"]))
+    widest = max(int(np.prod(shape)) for shape in shapes.values())
+    check_budget(widest * n_in * _BYTES_PER_EXACT_ENTRY,
+                 f"the exact affine map ({widest} x {n_in} entries at the widest layer, "
+                 f"~{_BYTES_PER_EXACT_ENTRY} bytes each when dense)")
     values: dict[str, tuple[DomainMatrix, list[Any]]] = {}
     for name in network.order():
         node = network.nodes[name]

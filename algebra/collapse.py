@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .memory import check_budget, estimate_bytes
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                       GlobalAvgPool, Input, Linear, Network, Shape, Split)
 from .operator import ConvOperator, vstack
@@ -98,6 +99,8 @@ class CollapseResult:
     def apply(self, x: Any) -> np.ndarray:
         """The collapsed operator applied exactly to ``x`` (shape ``input_shape``): equal to
         the network on ``region`` (periodic semantics when ``periodic``)."""
+        if tuple(np.shape(x)) != tuple(self.input_shape):
+            raise ValueError(f"expected an input of shape {self.input_shape}, got {tuple(np.shape(x))}")
         return apply_operator(self.operator, x, self.output_shape[1:], periodic=self.periodic)
 
     def where(self) -> str:
@@ -175,7 +178,13 @@ def collapse_walk(network: Network, input_shape: Sequence[int], backend: Any,
                   periodic: bool | None = None) -> WalkResult:
     """Compose every node's operator along the DAG (``backend`` makes them) and propagate
     the exact region (see the module docstring)."""
+    if not isinstance(network, Network):
+        raise TypeError(f"expected an algebra.Network, got {type(network).__name__}")
+    if periodic not in (None, True, False):
+        raise TypeError(f"periodic must be None, True or False, got {periodic!r}")
     shapes = network.shapes(input_shape)
+    check_budget(sum(estimate_bytes(shape, np.bool_) * 3 for shape in shapes.values()),
+                 "the exact-region masks of this network")
     detected = is_periodic_network(network, shapes)
     if periodic is True and not detected:
         raise ValueError("the network is not periodic: every conv must be circular and "

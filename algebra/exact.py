@@ -13,11 +13,12 @@ from numbers import Integral, Rational
 from typing import Any
 
 import numpy as np
+import sympy
 from sympy import Expr, Rational as SymRational
-from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
+from sympy.polys.polyerrors import CoercionFailed, GeneratorsError, PolynomialError
 
-__all__ = ["exact_rational", "to_domain", "round_rational"]
+__all__ = ["exact_rational", "exact_sympy", "to_domain", "round_rational"]
 
 
 def exact_rational(value: Any) -> SymRational:
@@ -45,24 +46,61 @@ def exact_rational(value: Any) -> SymRational:
     raise TypeError(f"cannot convert {type(value).__name__} {value!r} exactly to a rational")
 
 
+def exact_sympy(value: Any) -> Any:
+    """``value`` as a sympy object without rounding: floats (Python, numpy, sympy ``Float``,
+    0-d tensors) become their exact binary rationals; NaN, infinities, complex numbers and
+    strings are refused."""
+    if hasattr(value, "item") and not isinstance(value, Expr) and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # numpy / torch scalars
+    if isinstance(value, str):
+        raise TypeError(f"expected a number or a sympy expression, got the string {value!r}")
+    if isinstance(value, (complex, np.complexfloating)):
+        raise TypeError(f"complex value {value!r}: only real weights are supported")
+    if isinstance(value, (bool, np.bool_, Integral, np.integer, float, np.floating, Rational)):
+        return exact_rational(value)
+    if isinstance(value, sympy.Float):
+        if not value.is_finite:
+            raise ValueError(f"cannot use the non-finite number {value}")
+        return SymRational(value)  # a binary float: its exact value
+    if isinstance(value, sympy.Basic):
+        if value.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
+            raise ValueError(f"cannot use the non-finite value {value}")
+        if value.is_number and value.is_real is False:
+            raise TypeError(f"complex value {value}: only real weights are supported")
+        floats = value.atoms(sympy.Float)
+        return value.xreplace({f: SymRational(f) for f in floats}) if floats else value
+    raise TypeError(f"cannot use {type(value).__name__} {value!r} as an exact number")
+
+
 def to_domain(value: Any, domain: Domain) -> Any:
     """Convert ``value`` into an element of ``domain``, exactly whenever the domain is exact.
 
-    Floats go through :func:`exact_rational` first, so ``to_domain(0.1, QQ)`` is the exact
-    binary value of 0.1, never the decimal 1/10.  Symbolic expressions (sympy ``Expr``
-    holding symbols) are handed to ``domain.from_sympy``.
-    """
-    if isinstance(value, (float, np.floating)) and not getattr(domain, "is_RR", False) \
-            and not getattr(domain, "is_CC", False):
-        value = exact_rational(value)
-    elif isinstance(value, (np.integer, np.bool_)):
-        value = int(value)
-    if isinstance(value, (int, SymRational)) or isinstance(value, Expr):
-        from sympy import sympify
-        return domain.from_sympy(sympify(value))
-    if isinstance(value, Rational):
-        return domain.convert_from(QQ(int(value.numerator), int(value.denominator)), QQ)
-    return domain.convert(value)
+    Floats go through :func:`exact_sympy` first, so ``to_domain(0.1, QQ)`` is the exact
+    binary value of 0.1, never the decimal 1/10.  A value the domain cannot hold (a
+    symbol not among the domain's, a fraction in ``ZZ``) raises ``ValueError`` naming both."""
+    if _is_element(value, domain):
+        return value
+    if getattr(domain, "is_RR", False) or getattr(domain, "is_CC", False):
+        if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+            raise ValueError(f"cannot use the non-finite number {value!r}")
+        return domain.convert(value)
+    exact = exact_sympy(value)
+    try:
+        return domain.from_sympy(exact)
+    except (CoercionFailed, GeneratorsError, PolynomialError) as exc:
+        raise ValueError(f"cannot represent {exact} in the domain {domain}"
+                         + (" (its symbols are not weight symbols of this ring)"
+                            if getattr(exact, "free_symbols", None) else "")) from exc
+
+
+def _is_element(value: Any, domain: Domain) -> bool:
+    """Already an element of ``domain`` (not a Python int, which every domain converts)."""
+    if isinstance(value, (int, float, Expr)):
+        return False
+    try:
+        return bool(domain.of_type(value))
+    except Exception:
+        return False
 
 
 def round_rational(value: Fraction | SymRational, dtype: Any) -> Any:

@@ -59,8 +59,12 @@ class LaurentRing:
             raise ValueError("a Laurent ring needs at least one shift variable")
         if len(set(symbols)) != len(symbols):
             raise ValueError(f"shift variables must be distinct, got {symbols}")
+        if not all(isinstance(s, sympy.Symbol) for s in symbols):
+            raise TypeError(f"shift variables must be names or sympy Symbols, got {symbols}")
         if not isinstance(domain, Domain):
             raise TypeError(f"domain must be a sympy Domain such as QQ, got {domain!r}")
+        if set(symbols) & set(getattr(domain, "symbols", ()) or ()):
+            raise ValueError(f"the coefficient domain {domain} uses a shift variable of {symbols}")
         self.poly_ring = PolyRing(symbols, domain, lex)
         self.symbols: tuple[sympy.Symbol, ...] = symbols
         self.domain: Domain = domain
@@ -109,7 +113,13 @@ class LaurentRing:
         if not terms:
             return self.zero
         domain = self.domain
-        exps = [tuple(int(x) for x in e) for e in terms]
+        exps = []
+        for e in terms:
+            e = (e,) if isinstance(e, (int, np.integer)) else tuple(e)
+            if not all(isinstance(x, (int, np.integer)) or (hasattr(x, "is_Integer") and x.is_Integer)
+                       for x in e):
+                raise ValueError(f"exponents must be integers, got {e}")
+            exps.append(tuple(int(x) for x in e))
         for e in exps:
             if len(e) != self.ngens:
                 raise ValueError(f"exponent {e} has {len(e)} entries, the ring has {self.ngens} variables")
@@ -251,9 +261,11 @@ class LaurentPoly:
         return self.ring(other)
 
     def _binary(self, other: Any) -> tuple["LaurentPoly", "LaurentPoly"] | None:
+        """Both operands in one ring; ``None`` (-> NotImplemented) for foreign types.
+        Values of a supported type that cannot be used (NaN, other variables) raise."""
         try:
             other = self._coerce(other)
-        except (TypeError, ValueError, sympy.polys.polyerrors.CoercionFailed):
+        except TypeError:
             return None
         if other.ring != self.ring:
             return self.set_ring(other.ring), other
@@ -366,7 +378,14 @@ class LaurentPoly:
         return pair[0] == pair[1]
 
     def __hash__(self) -> int:
-        return hash((self.ring, self.offset, frozenset(self.poly.items())))
+        """Consistent with ``==`` across domains: hashes the sympy values of the terms, and
+        a constant like the number it equals."""
+        to_sympy = self.ring.domain.to_sympy
+        if not self.poly:
+            return hash(0)
+        if len(self.poly) == 1 and not any(self.offset) and self.ring.poly_ring.zero_monom in self.poly:
+            return hash(to_sympy(self.poly[self.ring.poly_ring.zero_monom]))
+        return hash((self.offset, frozenset((m, to_sympy(c)) for m, c in self.poly.items())))
 
     # -- maps of the variables ------------------------------------------------------------
     def subs_power(self, powers: int | Sequence[int]) -> "LaurentPoly":
@@ -427,6 +446,10 @@ class LaurentPoly:
         (e.g. ``e^{i theta}`` on the unit torus) and the coefficients are numbers."""
         if len(point) != self.ring.ngens:
             raise ValueError(f"point has {len(point)} coordinates, the ring has {self.ring.ngens}")
+        low = self.support()[0] if self.poly else (0,) * self.ring.ngens
+        for axis, (v, l) in enumerate(zip(point, low)):
+            if l < 0 and v == 0:
+                raise ValueError(f"{self} has a pole at {self.ring.symbols[axis]} = 0")
         numeric = all(isinstance(v, (float, complex, np.floating, np.complexfloating))
                       for v in point)
         to_sympy = self.ring.domain.to_sympy

@@ -75,6 +75,8 @@ def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequenc
     if w.ndim < 3 or w.ndim > 5:
         raise ValueError(f"weight must have 3, 4 or 5 axes (out, in/groups, *kernel), got shape {w.shape}")
     _check_finite(w, "weight")
+    if w.size == 0:
+        raise ValueError(f"weight is empty (shape {w.shape})")
     ndim = w.ndim - 2
     if ring is None:
         ring = default_ring(ndim, domain)
@@ -171,6 +173,8 @@ def operator_to_weight(op: ConvOperator, *, groups: int = 1, dilation: int | Seq
     ``dtype=object`` returns exact sympy numbers."""
     ndim = op.ndim
     dilation = _as_axis_tuple(dilation, ndim, "dilation")
+    if any(d < 1 for d in dilation):
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
     strided = any(s != 1 for s in op.stride)
     upsampled = any(u != 1 for u in op.upsample)
     if strided and upsampled:

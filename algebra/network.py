@@ -25,7 +25,7 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
-from .exact import exact_rational, to_domain
+from .exact import exact_rational, exact_sympy, to_domain
 from .laurent import LaurentRing, _as_axis_tuple
 from .layout import _as_array, _check_finite, default_ring, operator_from_weight
 from .operator import ConvOperator
@@ -42,8 +42,14 @@ Shape = tuple[int, ...]  # (C, *spatial) for images, (N,) after Flatten
 def _pairs(padding: Any, ndim: int) -> tuple[tuple[int, int], ...]:
     """Padding per axis as ``(left, right)``: an int, a per-axis tuple, or per-axis pairs."""
     if isinstance(padding, (int, np.integer)):
+        if padding < 0:
+            raise ValueError(f"padding must be non-negative, got {padding}")
         return ((int(padding), int(padding)),) * ndim
-    padding = tuple(padding)
+    try:
+        padding = tuple(padding)
+    except TypeError:
+        raise TypeError(f"padding must be an int, per-axis ints or (left, right) pairs, "
+                        f"got {padding!r}") from None
     if len(padding) != ndim:
         raise ValueError(f"padding needs {ndim} entries (one per axis), got {padding}")
     out = []
@@ -58,11 +64,52 @@ def _pairs(padding: Any, ndim: int) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _positive(values: tuple[int, ...], what: str, minimum: int = 1) -> tuple[int, ...]:
+    if any(v < minimum for v in values):
+        raise ValueError(f"{what} must be >= {minimum} on every axis, got {values}")
+    return values
+
+
+def _axis_ints(value: Any, ndim: int, what: str, minimum: int) -> tuple[int, ...]:
+    """An int or per-axis ints (not floats), each at least ``minimum``."""
+    items = (value,) if isinstance(value, (int, np.integer)) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise TypeError(f"{what} must be an int or one int per axis, got {value!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
+        raise TypeError(f"{what} must be an int or one int per axis, got {value!r}")
+    return _positive(_as_axis_tuple(value, ndim, what), what, minimum)
+
+
+def _check_values(values: Sequence[Any], what: str) -> None:
+    """Refuse NaN, infinities, complex numbers and strings (symbols are fine)."""
+    for v in values:
+        try:
+            exact_sympy(v)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{what}: {exc}") from None
+
+
 def _exact_array(values: Any, what: str) -> np.ndarray:
     """A numpy array of exact entries (floats kept as floats, converted later exactly)."""
     array = _as_array(values)
+    if array.dtype.kind == "c":
+        raise TypeError(f"{what} is complex: only real weights are supported")
+    if array.dtype.kind in "USV":
+        raise TypeError(f"{what} must hold numbers, got dtype {array.dtype}")
     _check_finite(array, what)
+    if array.dtype == object:
+        _check_values(array.flat, what)
+    if array.size == 0:
+        raise ValueError(f"{what} is empty (shape {array.shape})")
     return array
+
+
+def _image(shape: Shape, what: str) -> Shape:
+    if len(shape) < 2:
+        raise ValueError(f"{what} needs an image (C, *spatial), got the flat shape {shape}")
+    return shape
 
 
 class Node:
@@ -119,15 +166,18 @@ class Conv(UnaryNode):
         return tuple(self.weight.shape[2:])
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
-        (c, *n), = in_shapes
+        (c, *n), = [_image(in_shapes[0], "conv")]
         groups = self.groups
         if c != self.weight.shape[1] * groups:
             raise ValueError(f"conv expects {self.weight.shape[1] * groups} input channels, got {c}")
         out = []
         for size, (left, right), k, s, d in zip(n, self.padding, self.kernel_size, self.stride,
                                                 self.dilation):
-            if self.mode != "zeros" and (left >= size or right >= size) and self.mode != "circular":
-                raise ValueError(f"{self.mode} padding {left, right} needs an input larger than {size}")
+            if self.mode == "reflect" and (left >= size or right >= size):
+                raise ValueError(f"reflect padding {left, right} needs an input larger than {size}")
+            if self.mode == "circular" and (left > size or right > size):
+                raise ValueError(f"circular padding {left, right} wraps more than once around "
+                                 f"an input of size {size}")
             span = size + left + right - d * (k - 1)
             if span <= 0:
                 raise ValueError(f"input size {size} is too small for kernel {k} (dilation {d}) "
@@ -167,7 +217,7 @@ class ConvTranspose(UnaryNode):
     groups: int
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
-        (c, *n), = in_shapes
+        (c, *n), = [_image(in_shapes[0], "conv_transpose")]
         if c != self.weight.shape[0]:
             raise ValueError(f"transposed conv expects {self.weight.shape[0]} input channels, got {c}")
         out = [(size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
@@ -280,7 +330,7 @@ class AvgPool(UnaryNode):
     count_include_pad: bool = True
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
-        (c, *n), = in_shapes
+        (c, *n), = [_image(in_shapes[0], "avg_pool")]
         out = [(size + 2 * p - k) // s + 1 for size, k, s, p in
                zip(n, self.kernel_size, self.stride, self.padding)]
         if any(o <= 0 for o in out):
@@ -306,7 +356,7 @@ class GlobalAvgPool(UnaryNode):
     input: str
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
-        (c, *n), = in_shapes
+        (c, *n), = [_image(in_shapes[0], "global_avg_pool")]
         return (c, *([1] * len(n)))
 
     def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
@@ -386,6 +436,11 @@ class Network:
     def __init__(self, ndim: int, in_channels: int, domain: Domain = QQ):
         if ndim not in (1, 2, 3):
             raise ValueError(f"ndim must be 1, 2 or 3, got {ndim}")
+        if not isinstance(in_channels, (int, np.integer)) or isinstance(in_channels, bool) \
+                or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        if not isinstance(domain, Domain):
+            raise TypeError(f"domain must be a sympy Domain such as QQ, got {domain!r}")
         self.ndim = ndim
         self.in_channels = in_channels
         self.base_domain = domain
@@ -412,6 +467,8 @@ class Network:
         return name
 
     def _ref(self, value: Value | str) -> str:
+        if not isinstance(value, (Value, str)):
+            raise TypeError(f"expected a Value of this network or a node name, got {value!r}")
         name = value.name if isinstance(value, Value) else value
         if isinstance(value, Value) and value.network is not self:
             raise ValueError("that value belongs to another network")
@@ -459,8 +516,10 @@ class Network:
             raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        stride = _as_axis_tuple(stride, self.ndim, "stride")
-        dilation = _as_axis_tuple(dilation, self.ndim, "dilation")
+        stride = _axis_ints(stride, self.ndim, "stride", 1)
+        dilation = _axis_ints(dilation, self.ndim, "dilation", 1)
+        if not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
         if isinstance(padding, str):
             if padding == "valid":
                 padding = 0
@@ -500,12 +559,26 @@ class Network:
                        groups: int = 1, name: str | None = None) -> Value:
         """``nn.ConvTranspose{n}d`` semantics (weight ``(C_in, C_out/g, *k)``)."""
         w = _exact_array(weight, "weight")
+        if w.ndim != self.ndim + 2:
+            raise ValueError(f"a {self.ndim}-D transposed conv needs a weight with "
+                             f"{self.ndim + 2} axes (C_in, C_out/groups, *k), got {w.shape}")
+        if not isinstance(groups, (int, np.integer)) or groups < 1 or w.shape[0] % groups:
+            raise ValueError(f"groups={groups!r} must be a positive int dividing the "
+                             f"{w.shape[0]} input channels")
         b = None if bias is None else _exact_array(bias, "bias")
+        if b is not None and b.shape != (w.shape[1] * groups,):
+            raise ValueError(f"bias must have shape ({w.shape[1] * groups},), got {b.shape}")
+        stride = _axis_ints(stride, self.ndim, "stride", 1)
+        dilation = _axis_ints(dilation, self.ndim, "dilation", 1)
+        padding = _axis_ints(padding, self.ndim, "padding", 0)
+        output_padding = _axis_ints(output_padding, self.ndim, "output_padding", 0)
+        for op, s_, d in zip(output_padding, stride, dilation):
+            if op >= max(s_, d):
+                raise ValueError(f"output_padding {output_padding} must be smaller than the "
+                                 f"stride {stride} or the dilation {dilation} (as in PyTorch)")
         self._note_domain(w, b)
-        node = ConvTranspose(self._ref(x), w, b, _as_axis_tuple(stride, self.ndim, "stride"),
-                             _as_axis_tuple(padding, self.ndim, "padding"),
-                             _as_axis_tuple(output_padding, self.ndim, "output_padding"),
-                             _as_axis_tuple(dilation, self.ndim, "dilation"), groups)
+        node = ConvTranspose(self._ref(x), w, b, stride, padding, output_padding, dilation,
+                             int(groups))
         return self._add_node(node, name)
 
     def upsample(self, x: Value | str, factor: Any, name: str | None = None) -> Value:
@@ -520,30 +593,37 @@ class Network:
         """``y_c = scale_c x_c + shift_c``."""
         scale = tuple(scale)
         shift = None if shift is None else tuple(shift)
-        for v in scale + (shift or ()):
-            if isinstance(v, (float, np.floating)) and not np.isfinite(v):
-                raise ValueError(f"{label} has a non-finite value {v}")
-            if isinstance(v, sympy.Basic) and v.free_symbols:
-                self._extra_domains.append(self.base_domain[sorted(v.free_symbols, key=str)])
+        if shift is not None and len(shift) != len(scale):
+            raise ValueError(f"{label}: {len(shift)} shifts for {len(scale)} scales")
+        _check_values(scale + (shift or ()), label)
+        self._note_domain(np.array(list(scale + (shift or ())), dtype=object))
         return self._add_node(ChannelAffine(self._ref(x), scale, shift, label), name)
 
     def batch_norm(self, x: Value | str, running_mean: Any, running_var: Any, weight: Any = None,
                    bias: Any = None, eps: float = 1e-5, name: str | None = None) -> Value:
         """Eval-mode ``nn.BatchNorm``: ``y = gamma (x - mean) / sqrt(var + eps) + beta``.
 
-        ``sqrt`` is irrational in general: the factor ``gamma / sqrt(var + eps)`` is computed
-        in float64 and then taken exactly (one rounding, like PyTorch's own float kernels,
-        which round far more).  Give ``channel_affine`` exact or symbolic values instead when
-        the exact square root matters."""
+        ``sqrt`` is irrational in general: the factor ``a = gamma / sqrt(var + eps)`` is
+        computed in float64 (``var + eps``, the square root and the division round once
+        each) and then taken exactly; the shift ``beta - mean a`` is exact given ``a``.
+        Give ``channel_affine`` exact or symbolic values when the exact root matters."""
         mean = np.asarray(_exact_array(running_mean, "running_mean"), dtype=np.float64)
         var = np.asarray(_exact_array(running_var, "running_var"), dtype=np.float64)
-        gamma = np.ones_like(mean) if weight is None else np.asarray(_as_array(weight), np.float64)
-        beta = np.zeros_like(mean) if bias is None else np.asarray(_as_array(bias), np.float64)
+        gamma = np.ones_like(mean) if weight is None else \
+            np.asarray(_exact_array(weight, "batch norm weight"), np.float64)
+        beta = np.zeros_like(mean) if bias is None else \
+            np.asarray(_exact_array(bias, "batch norm bias"), np.float64)
+        shapes = {"running_mean": mean.shape, "running_var": var.shape, "weight": gamma.shape,
+                  "bias": beta.shape}
+        if mean.ndim != 1 or len(set(shapes.values())) != 1:
+            raise ValueError(f"batch norm parameters must be 1-D of one length, got {shapes}")
+        if not (np.isfinite(eps) and eps >= 0):
+            raise ValueError(f"batch norm eps must be finite and >= 0, got {eps}")
         if np.any(var + eps <= 0):
             raise ValueError("batch norm running_var + eps must be positive")
-        scale = gamma / np.sqrt(var + eps)
-        shift = beta - mean * scale
-        return self.channel_affine(x, list(scale), list(shift), label="batch_norm", name=name)
+        scale = [exact_rational(a) for a in gamma / np.sqrt(var + eps)]
+        shift = [exact_rational(b) - exact_rational(m) * a for b, m, a in zip(beta, mean, scale)]
+        return self.channel_affine(x, scale, shift, label="batch_norm", name=name)
 
     def add(self, *terms: Value | str, coefficients: Sequence[Any] | None = None,
             name: str | None = None) -> Value:
@@ -554,6 +634,7 @@ class Network:
         if coefficients is not None and len(coefficients) != len(terms):
             raise ValueError("add needs one coefficient per term")
         if coefficients is not None:
+            _check_values(coefficients, "add coefficients")
             self._note_domain(np.array(list(coefficients), dtype=object))
         return self._add_node(Add(tuple(self._ref(t) for t in terms),
                                   None if coefficients is None else tuple(coefficients)), name)
@@ -564,7 +645,12 @@ class Network:
         return self._add_node(Concat(tuple(self._ref(p) for p in parts)), name)
 
     def split(self, x: Value | str, sizes: Sequence[int]) -> list[Value]:
-        """``torch.split(x, sizes, dim=1)``."""
+        """``torch.split(x, sizes, dim=1)``: the sizes must be positive and add up to the
+        channels."""
+        sizes = [int(v) for v in sizes]
+        total = self.channels(x)
+        if any(v < 1 for v in sizes) or sum(sizes) != total:
+            raise ValueError(f"split sizes {sizes} must be positive and add up to the {total} channels")
         out, start = [], 0
         for size in sizes:
             out.append(self._add_node(Split(self._ref(x), start, start + int(size)), None))
@@ -577,9 +663,9 @@ class Network:
     def avg_pool(self, x: Value | str, kernel_size: Any, stride: Any = None, padding: Any = 0,
                  count_include_pad: bool = True, name: str | None = None) -> Value:
         """``nn.AvgPool{n}d`` (``ceil_mode=False``)."""
-        k = _as_axis_tuple(kernel_size, self.ndim, "kernel_size")
-        s = k if stride is None else _as_axis_tuple(stride, self.ndim, "stride")
-        p = _as_axis_tuple(padding, self.ndim, "padding")
+        k = _axis_ints(kernel_size, self.ndim, "kernel_size", 1)
+        s = k if stride is None else _axis_ints(stride, self.ndim, "stride", 1)
+        p = _axis_ints(padding, self.ndim, "padding", 0)
         if any(2 * pi > ki for pi, ki in zip(p, k)):
             raise ValueError(f"pad should be at most half of the kernel size, got {p} for {k}")
         return self._add_node(AvgPool(self._ref(x), k, s, p, count_include_pad), name)
@@ -595,6 +681,8 @@ class Network:
         if w.ndim != 2:
             raise ValueError(f"linear weight must be 2-D, got shape {w.shape}")
         b = None if bias is None else _exact_array(bias, "bias")
+        if b is not None and b.shape != (w.shape[0],):
+            raise ValueError(f"linear bias must have shape ({w.shape[0]},), got {b.shape}")
         self._note_domain(w, b)
         return self._add_node(Linear(self._ref(x), w, b), name)
 
@@ -640,6 +728,10 @@ class Network:
     def shapes(self, input_shape: Sequence[int], stop: str | None = None
                ) -> dict[str, Shape]:
         """Output shape of every node for an input of shape ``(C, *n)``."""
+        input_shape = tuple(input_shape)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                   for v in input_shape):
+            raise ValueError(f"input shape must be positive ints, got {input_shape}")
         input_shape = tuple(int(v) for v in input_shape)
         if len(input_shape) != self.ndim + 1:
             raise ValueError(f"input shape must be (C, {', '.join('n' * self.ndim)}), got {input_shape}")

@@ -30,7 +30,7 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
-from .exact import to_domain
+from .exact import exact_sympy, to_domain
 from .laurent import LaurentPoly, LaurentRing, _as_axis_tuple
 
 __all__ = ["ConvOperator", "block_diag", "vstack", "hstack"]
@@ -289,12 +289,8 @@ class ConvOperator:
                 and a.bias == b.bias)
 
     def __hash__(self) -> int:
-        return hash((self.matrix, self.stride, self.upsample, self.bias))
-
-    def equals_kernel(self, other: "ConvOperator") -> bool:
-        """Equal kernels and rates (biases ignored)."""
-        a, b = self._unified(other)
-        return a.matrix == b.matrix and a.stride == b.stride and a.upsample == b.upsample
+        to_sympy = self.ring.domain.to_sympy
+        return hash((self.matrix, self.stride, self.upsample, tuple(to_sympy(b) for b in self.bias)))
 
     # -- structural operations ------------------------------------------------------------
     def adjoint(self) -> "ConvOperator":
@@ -315,10 +311,6 @@ class ConvOperator:
     def dilate(self, factors: int | Sequence[int]) -> "ConvOperator":
         """Dilation: ``K(z^d)``, the same strides."""
         return self._replace([[e.subs_power(factors) for e in row] for row in self.matrix])
-
-    def transpose_channels(self) -> "ConvOperator":
-        return self._replace([list(col) for col in zip(*self.matrix)],
-                             bias=[self.ring.domain.zero] * self.in_channels)
 
     def __getitem__(self, rows: int | slice | Sequence[int]) -> "ConvOperator":
         """A channel split: the operator onto the selected output channels."""
@@ -372,7 +364,7 @@ class ConvOperator:
     def subs(self, values: dict[Any, Any], domain: Domain = QQ) -> "ConvOperator":
         """Substitute values for weight symbols; the result lives over ``domain`` if no
         symbol remains, else over ``domain[remaining symbols]``."""
-        values = {sympy.Symbol(k) if isinstance(k, str) else k: sympy.sympify(v)
+        values = {sympy.Symbol(k) if isinstance(k, str) else k: exact_sympy(v)
                   for k, v in values.items()}
         remaining = sorted(self.free_symbols - set(values), key=str)
         target = domain[remaining] if remaining else domain

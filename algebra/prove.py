@@ -250,7 +250,7 @@ def _prove_operators(lhs: ConvOperator, rhs: ConvOperator, claim: str,
     elif input_shape is None:
         raise ValueError("the two sides have different rates; give input_shape to compare "
                          "them as maps on a finite signal")
-    input_shape = tuple(input_shape)
+    input_shape = _check_signal_shape(lhs, input_shape, periodic)
     out = _common_output_shape(lhs, rhs, input_shape, periodic)
     rows = list(range(int(np.prod(out))))
     result = _compare_rows(claim, "coefficient reading on a symbolic input of shape "
@@ -260,6 +260,18 @@ def _prove_operators(lhs: ConvOperator, rhs: ConvOperator, claim: str,
                            _operator_bias_rows(lhs, out), _operator_bias_rows(rhs, out),
                            out, input_shape, rows, start, notes)
     return result
+
+
+def _check_signal_shape(op: ConvOperator, input_shape: Sequence[int], periodic: bool
+                        ) -> tuple[int, ...]:
+    """``(C_in, *n)`` for the operator's channels and dimension; periodic needs ``s | n``."""
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != op.ndim + 1 or shape[0] != op.in_channels or min(shape) < 1:
+        raise ValueError(f"input_shape must be (C_in={op.in_channels}, {op.ndim} sizes), got {shape}")
+    if periodic and (any(n % s for n, s in zip(shape[1:], op.stride)) or any(u > 1 for u in op.upsample)):
+        raise ValueError(f"a periodic comparison needs strides {op.stride} dividing the size "
+                         f"{shape[1:]} and no up-sampling")
+    return shape
 
 
 def _common_output_shape(lhs: ConvOperator, rhs: ConvOperator, input_shape: tuple[int, ...],
@@ -325,6 +337,15 @@ def prove_collapse(network: Network, input_shape: Sequence[int], *,
     input_shape = tuple(input_shape)
     result = collapse(network, input_shape, periodic=periodic)
     op = operator if operator is not None else result.operator
+    if not isinstance(op, ConvOperator):
+        raise TypeError(f"operator must be a ConvOperator, got {type(op).__name__}")
+    if op.shape != result.operator.shape or op.ndim != network.ndim:
+        raise ValueError(f"the claimed operator is {op.shape[0]}x{op.shape[1]} in {op.ndim}-D; "
+                         f"the network maps {result.operator.in_channels} to "
+                         f"{result.operator.out_channels} channels in {network.ndim}-D")
+    if op.ring.symbols != result.operator.ring.symbols:
+        raise ValueError(f"the claimed operator uses the variables {op.ring.symbols}, the "
+                         f"network {result.operator.ring.symbols}")
     mask = result.region if region is None else np.asarray(region, dtype=bool)
     use_periodic = result.periodic if periodic is None else periodic
     out = result.output_shape

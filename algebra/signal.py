@@ -57,7 +57,12 @@ def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | No
     ``periodic=True`` reduces modulo ``z^n - 1`` (circular padding); the output shape is then
     ``n / s`` and each stride must divide its size.  Non-periodic without ``out_shape``: every
     ``i >= 0`` up to the last nonzero coefficient.  The input may hold sympy symbols."""
-    op = _with_input_symbols(op, np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x))
+    if not isinstance(op, ConvOperator):
+        raise TypeError(f"expected a ConvOperator, got {type(op).__name__}")
+    array = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    if array.size == 0:
+        raise ValueError(f"the signal is empty (shape {array.shape})")
+    op = _with_input_symbols(op, array)
     X = signal_to_polys(op, x)
     n = np.asarray(x.shape[1:] if hasattr(x, "shape") else np.asarray(x).shape[1:])
     n = tuple(int(v) for v in n)
@@ -76,6 +81,9 @@ def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | No
                              f"divide the size {n}")
         rows = [r.mod_circular(n) for r in rows]
         out = tuple(size // s for size, s in zip(n, op.stride))
+        if out_shape is not None and _as_axis_tuple(out_shape, op.ndim, "out_shape") != out:
+            raise ValueError(f"a periodic output has the shape n / stride = {out}, "
+                             f"not {out_shape}")
     elif out_shape is None:
         highs = [r.support()[1] for r in rows if r]
         high = tuple(max(col) for col in zip(*highs)) if highs else (0,) * op.ndim

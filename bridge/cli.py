@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import traceback
 from typing import Callable, Sequence
 
 __all__ = ["main", "build_parser"]
@@ -17,10 +19,21 @@ class UsageError(Exception):
     """A problem with the user's input: reported in one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``laurentnet demo: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     if args.channels < 1 or args.repeats < 1:
         raise UsageError("--channels and --repeats must be positive")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise UsageError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     report = run_demo(seed=args.seed, channels=args.channels, repeats=args.repeats,
                       tolerance=args.tolerance)
     if args.json:
@@ -31,7 +44,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="laurentnet",
         description="Convolutional networks as matrices of Laurent polynomials: "
                     "collapse, prove, evaluate fast.")
@@ -64,10 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run(args)
-    except (UsageError, ValueError, FileNotFoundError, MemoryError) as exc:
+    except (UsageError, ValueError, TypeError, FileNotFoundError, MemoryError,
+            RuntimeError) as exc:
         if args.debug:
-            raise
-        print(f"laurentnet {args.command}: error: {exc}", file=sys.stderr)
+            traceback.print_exc()
+        else:
+            message = " ".join(str(exc).split())  # one line
+            print(f"laurentnet {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from algebra import ConvOperator
 
-__all__ = ["conv_nd", "reduce_periodic", "PeriodicConv", "apply_periodic"]
+__all__ = ["conv_nd", "reduce_periodic", "PeriodicConv"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -57,9 +57,3 @@ class PeriodicConv(torch.nn.Module):
                                self.weight, self.bias, stride=self.stride)
         window = tuple(slice(0, n // s) for n, s in zip(self.size, self.stride))
         return y[(slice(None), slice(None), *window)]
-
-
-def apply_periodic(op: ConvOperator, x: torch.Tensor, *, dtype: torch.dtype = torch.float64
-                   ) -> torch.Tensor:
-    """``PeriodicConv(op, x.shape[2:])(x)``."""
-    return PeriodicConv(op, x.shape[2:], dtype)(x)
