@@ -116,9 +116,10 @@ class CollapseResult:
 
     def describe(self) -> str:
         op = self.operator
-        kernel = "x".join(map(str, op.kernel_size()))
+        kernel = "x".join(map(str, op.kernel_size))
+        upsample = getattr(op, "upsample", ())
         head = (f"{op.out_channels}x{op.in_channels} operator, kernel {kernel}, stride "
-                f"{op.stride}" + (f", up-sampling {op.upsample}" if any(u > 1 for u in op.upsample) else ""))
+                f"{op.stride}" + (f", up-sampling {upsample}" if any(u > 1 for u in upsample) else ""))
         return f"{head}; {self.where()}"
 
     def __repr__(self) -> str:

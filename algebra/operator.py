@@ -183,8 +183,10 @@ class ConvOperator:
         high = tuple(max(col) for col in zip(*(b[1] for b in boxes)))
         return low, high
 
+    @property
     def kernel_size(self) -> tuple[int, ...]:
-        """Extent of the support box per axis (``high - low + 1``)."""
+        """Extent of the support box per axis (``high - low + 1``), like
+        ``KernelOperator.kernel_size`` and ``nn.Conv2d.kernel_size``."""
         box = self.support()
         if box is None:
             return (1,) * self.ndim

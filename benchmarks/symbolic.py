@@ -80,7 +80,7 @@ def main() -> None:
     ring = package.ring
     agree = all(ring.from_sympy(expr[o, c]) == package.matrix[o][c]
                 for o in range(args.channels) for c in range(args.channels))
-    kernel = "x".join(map(str, package.kernel_size()))
+    kernel = "x".join(map(str, package.kernel_size))
     result = {
         "layers": args.layers, "channels": args.channels, "kernel": kernel,
         "seconds_package": seconds_package, "seconds_expr": seconds_expr,

@@ -149,7 +149,7 @@ def run_demo(seed: int = 0, channels: int = 8, repeats: int = 7, tolerance: floa
     return DemoReport(layers=n_convs, blocks=n_blocks, channels=channels,
                       images=images.shape[0], input_size=shape[1:],
                       total_stride=result.operator.stride,
-                      kernel_size=result.operator.kernel_size(),
+                      kernel_size=result.operator.kernel_size,
                       periodic_kernel_size=tuple(collapsed.weight.shape[2:]),
                       collapse_seconds=collapse_seconds, layerwise_seconds=layerwise_seconds,
                       collapsed_seconds=collapsed_seconds, max_abs_error=error,

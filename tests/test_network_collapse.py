@@ -173,7 +173,7 @@ def test_two_zero_padded_3x3_convs_lose_a_one_pixel_border():
     expected = np.zeros((7, 6), bool)
     expected[1:-1, 1:-1] = True
     np.testing.assert_array_equal(result.region, expected)
-    assert result.operator.kernel_size() == (5, 5)
+    assert result.operator.kernel_size == (5, 5)
 
 
 def test_bias_near_zero_padded_border_shrinks_the_region():
