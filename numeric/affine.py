@@ -40,6 +40,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,13 +54,15 @@ __all__ = ["AffineMap", "AffineModule", "NotAffineError", "extract_affine", "che
 
 METHODS = ("auto", "vjp", "jvp", "identity_batch")
 
-#: module types that make a network nonlinear (named in the error of :func:`check_affine`)
+#: module types that make a network nonlinear (named in the error of :func:`check_affine`,
+#: and refused up front by :func:`extract_affine`).  Dropout is not here: in eval mode (the
+#: only mode extraction accepts) it is the identity.
 _NONLINEAR_TYPES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
     nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
     nn.Softplus, nn.Softsign, nn.Softmax, nn.LogSoftmax, nn.Threshold,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Dropout, nn.Dropout2d,
+    nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
     nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
 )
 
@@ -97,7 +100,7 @@ class AffineMap:
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         """Apply to a batch: ``X (N, *in_shape) -> X_flat @ W^T + B -> (N, *out_shape)``."""
-        return apply_affine(self.W, self.B, X, self.out_shape)
+        return apply_affine(self.W, self.B, X, self.out_shape, self.in_shape)
 
     def to(self, dtype: torch.dtype | None = None, device: Any = None) -> "AffineMap":
         """A copy with ``W`` and ``B`` converted (e.g. to float32 for deployment)."""
@@ -111,13 +114,31 @@ class AffineMap:
         return AffineModule(self.W, self.B, self.in_shape, self.out_shape, dtype=dtype)
 
 
-def apply_affine(W: torch.Tensor, B: torch.Tensor, X: torch.Tensor,
-                 out_shape: Sequence[int] | None = None) -> torch.Tensor:
-    """``Y = X_flat W^T + B`` (one GEMM: ``addmm``), reshaped to ``(N, *out_shape)``."""
-    if X.dim() == 0 or X[0].numel() != W.shape[1]:
+def apply_affine(W: torch.Tensor, B: torch.Tensor, X: Any,
+                 out_shape: Sequence[int] | None = None,
+                 in_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """``Y = X_flat W^T + B`` (one GEMM: ``addmm``), reshaped to ``(N, *out_shape)``.
+
+    ``X`` may be a tensor or an array (numpy); it is cast to ``W``'s dtype and device.
+    Given ``in_shape``, ``X`` must have shape ``(N, *in_shape)`` exactly."""
+    if not isinstance(X, torch.Tensor):
+        try:
+            X = torch.as_tensor(X)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"the input must be a tensor or a numeric array, got "
+                            f"{type(X).__name__} ({exc})") from None
+    if X.is_complex():
+        raise TypeError(f"complex input ({X.dtype}) not supported: the map is real")
+    if in_shape is not None:
+        if X.dim() == 0 or tuple(X.shape[1:]) != tuple(in_shape):
+            raise ValueError(f"input of shape {tuple(X.shape)}: expected (batch, "
+                             f"{', '.join(map(str, in_shape))})")
+    elif X.dim() == 0 or X[0].numel() != W.shape[1]:
         raise ValueError(f"input of shape {tuple(X.shape)} does not flatten to batches of "
                          f"{W.shape[1]} (the map's input size)")
-    Y = torch.addmm(B, X.reshape(X.shape[0], -1), W.t())
+    if X.dtype != W.dtype or X.device != W.device:
+        X = X.to(dtype=W.dtype, device=W.device)
+    Y = torch.addmm(B, X.reshape(X.shape[0], W.shape[1]), W.t())
     return Y if out_shape is None else Y.reshape(X.shape[0], *out_shape)
 
 
@@ -137,7 +158,7 @@ class AffineModule(nn.Module):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return apply_affine(self.weight, self.bias, X, self.out_shape)
+        return apply_affine(self.weight, self.bias, X, self.out_shape, self.in_shape)
 
     def extra_repr(self) -> str:
         return f"in_shape={self.in_shape}, out_shape={self.out_shape}, dtype={self.weight.dtype}"
@@ -169,6 +190,8 @@ def as_function(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
     random.  A plain function is returned unchanged (it must accept inputs of ``dtype``).
     """
     if not isinstance(f, nn.Module):
+        if not callable(f):
+            raise TypeError(f"f must be an nn.Module or a callable, got {type(f).__name__}")
         return f
     if any(m.training for m in f.modules()):
         raise ValueError(f"{type(f).__name__} is in training mode (batch norm would use batch "
@@ -432,7 +455,8 @@ def check_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape
 def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Sequence[int], *,
                    method: str = "auto", dtype: torch.dtype = torch.float64, device: Any = None,
                    chunk_size: int | None = None, check: bool = False,
-                   budget: int | None = None, gemm_conv: bool = True) -> AffineMap:
+                   budget: int | None = None, gemm_conv: bool = True,
+                   refuse_nonlinear_modules: bool = True) -> AffineMap:
     """The affine map ``f(x) = W x + B`` of an affine ``f`` on inputs of shape ``in_shape``.
 
     ``f`` maps ``(N, *in_shape) -> (N, *out_shape)`` treating batch entries independently
@@ -446,11 +470,32 @@ def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_sha
     results would exceed ``budget`` (default ``$LAURENTNET_MEMORY_BUDGET`` or half the RAM).
 
     Only ``B = f(0)`` and one linearisation forward pass at batch 1 run before the guard.
+
+    Refused up front: a module containing a known nonlinear module (ReLU, max pooling,
+    layer norm, ...: :class:`NotAffineError` naming them, even with ``check=False``; pass
+    ``refuse_nonlinear_modules=False`` when such a submodule is defined but not used),
+    NaN/Inf weights or results (ValueError), a non-floating ``dtype`` (TypeError) and an
+    ``in_shape`` that is not positive integers or on which ``f`` fails (ValueError).
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} not in {METHODS}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
+        raise TypeError(f"chunk_size must be an int, got {chunk_size!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    in_shape = _check_in_shape(in_shape)
+    _check_dtype(dtype)
+    if not isinstance(f, nn.Module) and not callable(f):
+        raise TypeError(f"f must be an nn.Module or a callable, got {type(f).__name__}")
+    if refuse_nonlinear_modules:
+        found = _nonlinear_modules(f)
+        if found:
+            raise NotAffineError(
+                f"f contains nonlinear modules: {', '.join(found[:5])}"
+                + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+                + ". Only a network without nonlinearities collapses to one affine map; "
+                "collapse its linear segments instead (or pass refuse_nonlinear_modules=False "
+                "if these modules are never called).")
     mode = GemmConvMode() if gemm_conv else contextlib.nullcontext()
     with torch.inference_mode(False), torch.enable_grad(), mode, warnings.catch_warnings():
         # torch's own noise: functorch ops without a batching rule (a loop, still
@@ -460,12 +505,58 @@ def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_sha
         return _extract(f, in_shape, method, dtype, device, chunk_size, check, budget)
 
 
+def _check_in_shape(in_shape: Any) -> tuple[int, ...]:
+    """``in_shape`` as a tuple of positive ints (the input shape without the batch)."""
+    if isinstance(in_shape, (int, np.integer)) and not isinstance(in_shape, bool):
+        in_shape = (in_shape,)
+    try:
+        items = tuple(in_shape)
+    except TypeError:
+        raise TypeError(f"in_shape must be a sequence of positive ints (the input shape "
+                        f"without the batch), got {in_shape!r}") from None
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in items):
+        raise TypeError(f"in_shape must be a sequence of positive ints (the input shape "
+                        f"without the batch), got {in_shape!r}")
+    if not items or any(v <= 0 for v in items):
+        raise ValueError(f"in_shape must be a non-empty sequence of positive ints, got {items}")
+    return tuple(int(v) for v in items)
+
+
+def _check_dtype(dtype: Any) -> None:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch floating dtype (e.g. torch.float64), got {dtype!r}")
+    if dtype.is_complex or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be floating point (torch.float64 or torch.float32), got {dtype}")
+
+
+def _non_finite(f: Any, what: str) -> ValueError:
+    """The error for a non-finite ``what``, naming the module's non-finite weights if any
+    (scanned only on this failure path, so extraction pays nothing for it)."""
+    bad = []
+    if isinstance(f, nn.Module):
+        bad = [name for name, t in list(f.named_parameters()) + list(f.named_buffers())
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    cause = (f"NaN/Inf in the module's weights: {', '.join(bad[:5])}"
+             + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")) if bad \
+        else "NaN/Inf produced by f (an overflow, or non-finite constants)"
+    return ValueError(f"{what} has non-finite entries ({cause}); NaN/Inf are refused")
+
+
+def _check_output(out: Any, in_shape: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"f must return a torch.Tensor, got {type(out).__name__} for an input "
+                        f"of shape (1, {', '.join(map(str, in_shape))})")
+    if not out.is_floating_point():
+        raise TypeError(f"f must return a floating-point tensor, got {out.dtype} (an integer "
+                        "or boolean output is not an affine function of its input)")
+    return out
+
+
 def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Sequence[int],
              method: str, dtype: torch.dtype, device: Any, chunk_size: int | None, check: bool,
              budget: int | None) -> AffineMap:
     """The body of :func:`extract_affine` (arguments already validated)."""
     t0 = time.perf_counter()
-    in_shape = tuple(int(s) for s in in_shape)
     n_in = math.prod(in_shape)
     check_budget(estimate_bytes((n_in,), dtype), f"the input of shape {in_shape}", budget)
     if check:
@@ -474,13 +565,23 @@ def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Se
     x0 = torch.zeros(1, *in_shape, dtype=dtype, device=device)
 
     vjp_fn = None
-    if method in ("auto", "vjp"):
-        out0, vjp_fn = torch.func.vjp(fn, x0)
-    else:
-        with torch.no_grad():
-            out0 = fn(x0)
+
+    def first(x: torch.Tensor) -> torch.Tensor:
+        return _check_output(fn(x), in_shape)
+
+    try:
+        if method in ("auto", "vjp"):
+            out0, vjp_fn = torch.func.vjp(first, x0)
+        else:
+            with torch.no_grad():
+                out0 = first(x0)
+    except (RuntimeError, IndexError, AttributeError, NotImplementedError) as exc:
+        raise ValueError(f"evaluating f on an input of shape (1, {', '.join(map(str, in_shape))}) "
+                         f"in {str(dtype).removeprefix('torch.')} failed: {exc}") from exc
     out0 = out0.detach()
-    if out0.shape[0] != 1:
+    if not bool(torch.isfinite(out0).all()):
+        raise _non_finite(f, "f(0) = B")
+    if out0.dim() == 0 or out0.shape[0] != 1:
         raise ValueError(f"f must keep the batch dimension: (1, *{in_shape}) gave {tuple(out0.shape)}")
     out_shape = tuple(out0.shape[1:])
     n_out = math.prod(out_shape)
@@ -522,6 +623,8 @@ def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Se
         del E
         passes += 1
         chunks += 1
+    if not bool(torch.isfinite(W).all()):
+        raise _non_finite(f, f"the extracted {n_out} x {n_in} map W")
     seconds = time.perf_counter() - t0
     info = {"chunk_size": chunk, "dtype": str(dtype).removeprefix("torch."),
             "W_bytes": format_bytes(estimate_bytes((n_out, n_in), dtype)),

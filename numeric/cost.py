@@ -224,10 +224,24 @@ def estimate_costs(op: KernelOperator, input_size: Sequence[int], *, padding: st
     """Costs of direct, FFT, GEMM (and, given the original ``layers``, keeping them) for
     ``op`` on inputs of size ``(batch, C_in, *n)``; the report names the cheapest method
     within the memory budget."""
-    size = tuple(int(v) for v in input_size)
+    if not isinstance(op, KernelOperator):
+        raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
+    try:
+        size = tuple(int(v) for v in input_size)
+    except (TypeError, ValueError):
+        raise TypeError(f"input size must be a sequence of ints (batch, {op.in_channels}, "
+                        f"*n), got {input_size!r}") from None
     if len(size) != op.ndim + 2 or size[1] != op.in_channels:
         raise ValueError(f"input size must be (batch, {op.in_channels}, {'n, ' * op.ndim}...)"
                          f" for this operator, got {size}")
+    if any(v <= 0 for v in size):
+        raise ValueError(f"input size must be positive (batch >= 1, every spatial size >= 1), "
+                         f"got {size}")
+    if padding not in ("zero", "circular"):
+        raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+    for i, layer in enumerate(layers or ()):
+        if not isinstance(layer, KernelOperator):
+            raise TypeError(f"layers[{i}] must be a KernelOperator, got {type(layer).__name__}")
     machine = machine or Machine()
     budget = memory_budget() if budget is None else int(budget)
     batch, sizes = size[0], size[2:]

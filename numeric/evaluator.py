@@ -31,6 +31,34 @@ __all__ = ["OperatorEvaluator", "DirectConv", "conv_direct", "conv_fft", "dense_
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def _as_input(op: KernelOperator, x: object, sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """``x`` as a real floating tensor of shape ``(batch, C_in, *n)`` (numpy accepted;
+    integers become the operator's dtype), else a ValueError naming the expected shape."""
+    if not isinstance(op, KernelOperator):
+        raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"the input must be a tensor or a numeric array, got "
+                            f"{type(x).__name__} ({exc})") from None
+    if x.is_complex():
+        raise TypeError(f"complex input ({x.dtype}) not supported: the operator is real")
+    if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64):
+        x = x.to(op.dtype)
+    spatial = ", ".join(map(str, sizes)) if sizes is not None else ", ".join(["n"] * op.ndim)
+    expected = f"(batch, {op.in_channels}, {spatial})"
+    if x.ndim != op.ndim + 2 or x.shape[1] != op.in_channels \
+            or (sizes is not None and tuple(x.shape[2:]) != tuple(sizes)):
+        raise ValueError(f"input of shape {tuple(x.shape)}: this {op.ndim}-D operator takes "
+                         f"{op.in_channels} channels, expected {expected}"
+                         + (" (add the batch axis with x.unsqueeze(0))"
+                            if x.ndim == op.ndim + 1 else ""))
+    if any(m == 0 for m in x.shape[2:]):
+        raise ValueError(f"input of shape {tuple(x.shape)} has an empty spatial axis")
+    return x
+
+
 def _circular_pad(x: torch.Tensor, before: Sequence[int], after: Sequence[int]) -> torch.Tensor:
     """``xpad[m] = x[(m - before) mod n]`` for ``m < n + before + after`` on every spatial
     axis (any widths, even wider than ``n``; ``F.pad(mode='circular')`` when it applies)."""
@@ -53,6 +81,8 @@ class DirectConv(nn.Module):
 
     def __init__(self, op: KernelOperator, sizes: Sequence[int], padding: str = "zero"):
         super().__init__()
+        if not isinstance(op, KernelOperator):
+            raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
         if padding not in ("zero", "circular"):
             raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
         sizes = tuple(int(v) for v in sizes)
@@ -63,8 +93,11 @@ class DirectConv(nn.Module):
         self.stride, self.padding, self.circular = w.stride, w.padding, padding == "circular"
         self.after = tuple(k - 1 - p for k, p in zip(w.weight.shape[2:], w.padding))
         self._conv = _CONV[op.ndim]
+        self.op, self.sizes = op, sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # circular: the folded kernel is only right for the size it was built for
+        x = _as_input(self.op, x, self.sizes if self.circular else None)
         weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
         if self.circular:
             return self._conv(_circular_pad(x, self.padding, self.after), weight, bias,
@@ -74,6 +107,7 @@ class DirectConv(nn.Module):
 
 def conv_direct(op: KernelOperator, x: torch.Tensor, padding: str = "zero") -> torch.Tensor:
     """``op`` applied to ``x`` by one ``conv{n}d`` (see :class:`DirectConv`)."""
+    x = _as_input(op, x)
     return DirectConv(op, tuple(x.shape[2:]), padding)(x)
 
 
@@ -117,6 +151,7 @@ def conv_fft(op: KernelOperator, x: torch.Tensor, padding: str = "zero") -> torc
     spectrum)."""
     if padding not in ("zero", "circular"):
         raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+    x = _as_input(op, x)
     return _fft_apply(op, _kernel_spectrum(op.to(x.dtype), tuple(x.shape[2:]), padding), x, padding)
 
 
@@ -157,6 +192,8 @@ class OperatorEvaluator(nn.Module):
                  method: str | None = None, layers: Sequence[KernelOperator] | None = None,
                  budget: int | None = None, machine: Machine | None = None):
         super().__init__()
+        if not isinstance(op, KernelOperator):
+            raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
         self.op = op
         self.padding = padding
         self.sizes = tuple(int(v) for v in input_size)[2:]
@@ -185,9 +222,15 @@ class OperatorEvaluator(nn.Module):
             self.register_buffer("bias", op.bias.repeat_interleave(prod(self.out_shape)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != (self.op.in_channels, *self.sizes):
-            raise ValueError(f"this evaluator was built for inputs (batch, {self.op.in_channels}, "
-                             f"{', '.join(map(str, self.sizes))}), got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != (self.op.in_channels, *self.sizes):
+            try:
+                x = _as_input(self.op, x, self.sizes)
+            except ValueError:
+                raise ValueError(f"this evaluator was built for inputs (batch, "
+                                 f"{self.op.in_channels}, {', '.join(map(str, self.sizes))}), "
+                                 f"got {tuple(x.shape)}") from None
+        elif x.is_complex() or not x.is_floating_point():
+            x = _as_input(self.op, x, self.sizes)
         if self.method == "fft":
             return _fft_apply(self.op, self.spectrum, x, self.padding)
         if self.method == "gemm":

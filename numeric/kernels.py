@@ -21,6 +21,8 @@ Coefficients are ``torch.float64`` unless ``dtype=torch.float32`` is asked for.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from fractions import Fraction
 from typing import Any, NamedTuple, Sequence
 
@@ -38,18 +40,135 @@ __all__ = ["KernelOperator", "TorchConv", "block_diag", "vstack", "polymatmul"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
+#: rough bytes per exact coefficient (a sympy Rational in a polynomial's dict), for the
+#: memory guard of :meth:`KernelOperator.to_algebra`
+_EXACT_ENTRY_BYTES = 256
 
-def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
-    """A fresh (copied, detached) tensor of ``dtype`` from a tensor or array."""
+
+#: the coefficient dtypes a KernelOperator holds (FFT products and float64 convolutions
+#: need one of these; float16/bfloat16 have no CPU FFT in torch)
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_float_dtype(dtype: Any, what: str = "dtype") -> torch.dtype:
+    """``dtype`` if it is ``torch.float32`` or ``torch.float64``, else a clear TypeError."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{what} must be a torch dtype (torch.float32 or torch.float64), "
+                        f"got {dtype!r}")
+    if dtype.is_complex:
+        raise TypeError(f"{what} {dtype}: complex weights not supported (the operators are "
+                        "real); pass torch.float32 or torch.float64")
+    if not dtype.is_floating_point:
+        raise TypeError(f"{what} must be floating point (torch.float32 or torch.float64), "
+                        f"got {dtype}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{what} {dtype} is not supported (no CPU FFT/float kernels for it); "
+                        "use torch.float32 or torch.float64")
+    return dtype
+
+
+def _as_tensor(value: Any, dtype: torch.dtype | None, what: str = "coefficients") -> torch.Tensor:
+    """A fresh (copied, detached) real tensor from a tensor or array.  ``dtype`` None keeps a
+    float32/float64 tensor's dtype (float16/bfloat16 widen exactly to float32, integers and
+    booleans become float64).  Complex and non-numeric input is refused (TypeError)."""
     if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{what}: complex weights not supported (got a {value.dtype} "
+                            "tensor); pass the real part explicitly if that is what you mean")
+        if dtype is None:
+            dtype = value.dtype if value.dtype in FLOAT_DTYPES else \
+                torch.float32 if value.is_floating_point() else torch.float64
         return value.detach().to(dtype=dtype, copy=True)
-    return torch.tensor(np.asarray(value, dtype=np.float64), dtype=dtype)
+    array = np.asarray(value)
+    if array.dtype.kind == "c":
+        raise TypeError(f"{what}: complex weights not supported (got a {array.dtype} array)")
+    if array.dtype.kind not in "biuf":
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{what} must be real numbers, got an array of {array.dtype} "
+                            f"({exc})") from None
+    if dtype is None:
+        dtype = torch.float32 if array.dtype in (np.float32, np.float16) else torch.float64
+    return torch.from_numpy(np.array(array, dtype=np.float64)).to(dtype)
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(t).all()):
+    if t.numel() and not bool(torch.isfinite(t).all()):
         bad = tuple(int(i) for i in torch.nonzero(~torch.isfinite(t))[0])
-        raise ValueError(f"{what} has a non-finite value {t[bad].item()} at index {bad}")
+        raise ValueError(f"{what} has a non-finite value {t[bad].item()} at index {bad}; "
+                         "NaN/Inf weights are refused")
+
+
+def _int_tuple(value: Any, ndim: int, name: str) -> tuple[int, ...]:
+    """One integer per axis (an int broadcasts), else a clear ValueError/TypeError."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}")
+    if not isinstance(value, (int, np.integer)):
+        try:
+            items = list(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}") from None
+        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+               for v in items):
+            raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}")
+    return _per_axis(value, ndim, name)
+
+
+def _positive_ints(value: Any, ndim: int, name: str) -> tuple[int, ...]:
+    """One positive integer per axis (an int broadcasts), else a clear ValueError/TypeError."""
+    out = _int_tuple(value, ndim, name)
+    if any(v <= 0 for v in out):
+        raise ValueError(f"{name} must be positive, got {out}")
+    return out
+
+
+def _torch_to_numpy_dtype(dtype: torch.dtype) -> Any:
+    return {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+
+
+def _rounded(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """Exact numbers (ints, Fractions, sympy Rationals, floats) each rounded ONCE, correctly,
+    to ``dtype`` (:func:`algebra.exact.round_rational`); symbolic entries are refused."""
+    import sympy
+    from algebra.exact import round_rational
+    np_dtype = _torch_to_numpy_dtype(check_float_dtype(dtype))
+    array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    if array.dtype != object:
+        if array.dtype.kind == "c":
+            raise TypeError(f"{what}: complex weights not supported")
+        t = torch.from_numpy(np.array(array, dtype=np.float64))
+        _check_finite(t, what)
+        return t.to(dtype)  # float64 (or narrower) values: one rounding
+    out = np.empty(array.shape, dtype=np_dtype)
+    flat = out.reshape(-1)
+    for i, v in enumerate(array.flat):
+        if isinstance(v, sympy.Basic):
+            if v.free_symbols:
+                raise ValueError(f"{what} is symbolic ({v}); substitute numbers first")
+            if not v.is_Rational:
+                v = float(v)  # an irrational constant: one rounding to float64
+        if isinstance(v, (float, np.floating)):
+            if not np.isfinite(v):
+                raise ValueError(f"{what} has a non-finite value {v}; NaN/Inf weights are refused")
+            flat[i] = np_dtype(v)
+            continue
+        if isinstance(v, (complex, np.complexfloating)):
+            raise TypeError(f"{what}: complex weights not supported")
+        if isinstance(v, (int, np.integer)):
+            v = Fraction(int(v))
+        elif isinstance(v, sympy.Rational):
+            v = Fraction(int(v.p), int(v.q))
+        elif not isinstance(v, Fraction):
+            try:
+                v = Fraction(v)
+            except (TypeError, ValueError):
+                raise TypeError(f"{what} has a non-numeric entry {v!r}") from None
+        try:
+            flat[i] = round_rational(v, np_dtype)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    return torch.from_numpy(out)
 
 
 def _spatial(t: torch.Tensor) -> tuple[int, ...]:
@@ -84,11 +203,19 @@ def polymatmul(outer: torch.Tensor, inner: torch.Tensor, dilation: int | Sequenc
     with the reversed outer kernel); ``'auto'``: conv for small float32 kernels (oneDNN),
     FFT otherwise (torch's float64 convolution has no fast path).  The memory guard runs
     before anything is allocated."""
+    for name, t in (("outer", outer), ("inner", inner)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"polymatmul: {name} must be a torch tensor, got {type(t).__name__}")
+        if t.ndim not in (3, 4, 5):
+            raise ValueError(f"polymatmul: {name} must have shape (C_out, C_in, *kernel) with "
+                             f"1-3 spatial axes, got {tuple(t.shape)}")
+        if t.dtype not in FLOAT_DTYPES:
+            check_float_dtype(t.dtype, f"polymatmul: {name}'s dtype")
     if outer.ndim != inner.ndim or outer.shape[1] != inner.shape[0]:
         raise ValueError(f"cannot multiply kernel matrices of shapes {tuple(outer.shape)} "
                          f"and {tuple(inner.shape)}")
     ndim = outer.ndim - 2
-    d = _per_axis(dilation, ndim, "dilation")
+    d = _positive_ints(dilation, ndim, "dilation")
     c_out, c_mid, c_in = outer.shape[0], outer.shape[1], inner.shape[1]
     k_outer = tuple((k - 1) * x + 1 for k, x in zip(outer.shape[2:], d))
     size = tuple(a + b - 1 for a, b in zip(k_outer, inner.shape[2:]))
@@ -132,26 +259,35 @@ class KernelOperator:
     def __init__(self, coeffs: Any, low: int | Sequence[int] = 0,
                  stride: int | Sequence[int] = 1, bias: Any = None, *,
                  dtype: torch.dtype | None = None):
+        if dtype is not None:
+            check_float_dtype(dtype)
         if not isinstance(coeffs, torch.Tensor):
             coeffs = _as_tensor(coeffs, dtype or torch.float64)
-        elif dtype is not None or not coeffs.is_floating_point():
-            coeffs = coeffs.to(dtype or torch.float64)
+        elif coeffs.is_complex():
+            raise TypeError(f"complex weights not supported (got a {coeffs.dtype} coefficient "
+                            "tensor); KernelOperator holds real kernels")
+        elif dtype is not None and coeffs.dtype != dtype:
+            coeffs = coeffs.to(dtype)
+        elif coeffs.dtype not in FLOAT_DTYPES:
+            # exact widening: integers/booleans to float64, float16/bfloat16 to float32
+            coeffs = coeffs.to(torch.float32 if coeffs.is_floating_point() else torch.float64)
         if coeffs.ndim not in (3, 4, 5):
             raise ValueError(f"coefficients must have shape (C_out, C_in, *kernel) with 1-3 "
                              f"spatial axes, got {tuple(coeffs.shape)}")
         if min(coeffs.shape) == 0:
             raise ValueError(f"empty coefficient tensor of shape {tuple(coeffs.shape)}")
         ndim = coeffs.ndim - 2
-        stride = _per_axis(stride, ndim, "stride")
-        if any(s <= 0 for s in stride):
-            raise ValueError(f"stride must be positive, got {stride}")
+        stride = _positive_ints(stride, ndim, "stride")
+        _check_finite(coeffs, "coeffs")
         if bias is None:
             bias = coeffs.new_zeros(coeffs.shape[0])
         else:
-            bias = bias.to(coeffs) if isinstance(bias, torch.Tensor) else _as_tensor(bias, coeffs.dtype)
+            bias = _as_tensor(bias, coeffs.dtype, "bias") if not isinstance(bias, torch.Tensor) \
+                or bias.is_complex() else bias.detach().to(coeffs)
             if bias.shape != (coeffs.shape[0],):
                 raise ValueError(f"bias must have shape ({coeffs.shape[0]},), got {tuple(bias.shape)}")
-        for name, value in (("coeffs", coeffs.detach()), ("low", _per_axis(low, ndim, "low")),
+            _check_finite(bias, "bias")
+        for name, value in (("coeffs", coeffs.detach()), ("low", _int_tuple(low, ndim, "low")),
                             ("stride", stride), ("bias", bias.detach())):
             object.__setattr__(self, name, value)
 
@@ -166,7 +302,7 @@ class KernelOperator:
                           dtype: torch.dtype = torch.float64) -> "KernelOperator":
         """The operator of ``F.conv{n}d(x, weight, bias, stride, padding, dilation, groups)``:
         ``K_{o,c}(z) = sum_a w[o, c - g(o), a] z^(p - d*a)``, block diagonal over groups."""
-        w = _as_tensor(weight, dtype)
+        w = _as_tensor(weight, check_float_dtype(dtype), "weight")
         if w.ndim not in (3, 4, 5):
             raise ValueError(f"weight must have shape (C_out, C_in/groups, *kernel), got {tuple(w.shape)}")
         _check_finite(w, "weight")
@@ -196,7 +332,7 @@ class KernelOperator:
         low = tuple(p - d * (n - 1) for p, d, n in zip(padding, dilation, k))
         b = None
         if bias is not None:
-            b = _as_tensor(bias, dtype)
+            b = _as_tensor(bias, dtype, "bias")
             _check_finite(b, "bias")
         return cls(coeffs, low, stride, b)
 
@@ -204,13 +340,24 @@ class KernelOperator:
     def identity(cls, channels: int, ndim: int = 2, *,
                  dtype: torch.dtype = torch.float64) -> "KernelOperator":
         """``K = I`` (a skip connection)."""
-        eye = torch.eye(channels, dtype=dtype).reshape(channels, channels, *(1,) * ndim)
+        if isinstance(channels, (bool, np.bool_)) or not isinstance(channels, (int, np.integer)):
+            raise TypeError(f"channels must be an int, got {channels!r}")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        if isinstance(ndim, (bool, np.bool_)) or not isinstance(ndim, (int, np.integer)) \
+                or ndim not in (1, 2, 3):
+            raise ValueError(f"ndim must be 1, 2 or 3 (spatial axes), got {ndim!r}")
+        channels, ndim = int(channels), int(ndim)
+        eye = torch.eye(channels, dtype=check_float_dtype(dtype)).reshape(channels, channels, *(1,) * ndim)
         return cls(eye, 0)
 
     @classmethod
     def from_algebra(cls, op: ConvOperator, *,
                      dtype: torch.dtype = torch.float64) -> "KernelOperator":
         """The exact operator's coefficients, each rounded once (correctly) to ``dtype``."""
+        if not isinstance(op, ConvOperator):
+            raise TypeError(f"expected an algebra ConvOperator, got {type(op).__name__}")
+        check_float_dtype(dtype)
         if any(u != 1 for u in op.upsample):
             raise ValueError(f"up-sampling {op.upsample} (a transposed convolution) has no "
                              "KernelOperator form; compose it into a strided operator first")
@@ -220,18 +367,25 @@ class KernelOperator:
         box = op.support() or ((0,) * op.ndim, (0,) * op.ndim)
         low, high = box
         shape = (*op.shape, *(h - l + 1 for l, h in zip(low, high)))
-        array = np.zeros(shape, dtype=np.float64)
+        check_budget(estimate_bytes(shape, dtype),
+                     f"the dense {'x'.join(map(str, shape))} kernel of the operator")
+        array = np.zeros(shape, dtype=object)
         to_sympy = op.ring.domain.to_sympy
         for o, row in enumerate(op.matrix):
             for c, entry in enumerate(row):
                 for exps, coeff in entry.iterterms():
-                    array[(o, c, *(e - l for e, l in zip(exps, low)))] = _to_float(to_sympy(coeff))
-        bias = np.array([_to_float(to_sympy(b)) for b in op.bias], dtype=np.float64)
-        return cls(torch.from_numpy(array).to(dtype), low, op.stride,
-                   torch.from_numpy(bias).to(dtype))
+                    array[(o, c, *(e - l for e, l in zip(exps, low)))] = to_sympy(coeff)
+        bias = np.empty(len(op.bias), dtype=object)
+        bias[:] = [to_sympy(b) for b in op.bias]
+        return cls(_rounded(array, dtype, "coefficient"), low, op.stride,
+                   _rounded(bias, dtype, "bias"))
 
     def to_algebra(self) -> ConvOperator:
         """The exact operator over ``QQ``: every float becomes its exact rational value."""
+        nonzeros = int(torch.count_nonzero(self.coeffs)) + self.out_channels
+        check_budget(nonzeros * _EXACT_ENTRY_BYTES,
+                     f"the exact form of a {self.out_channels}x{self.in_channels} operator with "
+                     f"{nonzeros} nonzero coefficients")
         ring = default_ring(self.ndim)
         values = self.coeffs.detach().cpu().to(torch.float64)
         entries: dict[tuple[int, int], dict[tuple[int, ...], Any]] = {}
@@ -266,6 +420,7 @@ class KernelOperator:
 
     def to(self, dtype: torch.dtype) -> "KernelOperator":
         """The same operator with coefficients of another floating dtype."""
+        check_float_dtype(dtype)
         return KernelOperator(self.coeffs.to(dtype), self.low, self.stride, self.bias.to(dtype))
 
     # -- shape ----------------------------------------------------------------------------
@@ -362,13 +517,17 @@ class KernelOperator:
         if not isinstance(other, KernelOperator):
             return NotImplemented
         if self.shape != other.shape or self.ndim != other.ndim:
-            raise ValueError(f"cannot add operators of shapes {self.shape} and {other.shape}")
+            raise ValueError(f"cannot add a {self.ndim}-D {self.shape[0]}x{self.shape[1]} operator "
+                             f"and a {other.ndim}-D {other.shape[0]}x{other.shape[1]} one")
         if self.stride != other.stride:
             raise ValueError(f"cannot add operators with strides {self.stride} and "
                              f"{other.stride}: the sum is not one strided convolution")
         low = tuple(map(min, self.low, other.low))
         size = tuple(max(a, b) - l + 1 for a, b, l in zip(self.high, other.high, low))
         dtype = torch.promote_types(self.dtype, other.dtype)
+        check_budget(3 * estimate_bytes((*self.shape, *size), dtype),
+                     f"adding two {self.out_channels}x{self.in_channels} kernels on the common "
+                     f"support {'x'.join(map(str, size))}")
         coeffs = self._embedded(low, size).to(dtype) + other._embedded(low, size).to(dtype)
         return KernelOperator(coeffs, low, self.stride, self.bias.to(dtype) + other.bias.to(dtype))
 
@@ -384,18 +543,21 @@ class KernelOperator:
         """``c·A``: kernel and bias scaled by the real number ``c``."""
         if isinstance(scalar, torch.Tensor) and scalar.numel() == 1:
             scalar = scalar.item()
-        if not isinstance(scalar, (int, float, np.integer, np.floating)):
+        if isinstance(scalar, (complex, np.complexfloating)):
+            raise TypeError(f"cannot scale by the complex number {scalar}: complex weights "
+                            "not supported")
+        if not isinstance(scalar, (numbers.Real, np.integer, np.floating)):
             return NotImplemented
         c = float(scalar)
+        if not math.isfinite(c):
+            raise ValueError(f"cannot scale an operator by the non-finite number {c}")
         return KernelOperator(self.coeffs * c, self.low, self.stride, self.bias * c)
 
     __rmul__ = __mul__
 
     def dilate(self, factors: int | Sequence[int]) -> "KernelOperator":
         """``K(z^d)`` with the same stride (an à-trous convolution)."""
-        d = _per_axis(factors, self.ndim, "dilation")
-        if any(x <= 0 for x in d):
-            raise ValueError(f"dilation must be positive, got {d}")
+        d = _positive_ints(factors, self.ndim, "dilation")
         size = tuple((k - 1) * x + 1 for k, x in zip(self.kernel_size, d))
         check_budget(estimate_bytes((*self.shape, *size), self.dtype),
                      f"a {self.out_channels}x{self.in_channels} kernel dilated to {size}")
@@ -415,19 +577,12 @@ class KernelOperator:
 
     def __getitem__(self, rows: int | slice | Sequence[int]) -> "KernelOperator":
         """A channel split: the operator onto the selected output channels."""
-        index = [rows] if isinstance(rows, int) else \
-            list(range(self.out_channels))[rows] if isinstance(rows, slice) else list(rows)
-        if not index:
-            raise ValueError("a channel split must keep at least one channel")
-        idx = torch.tensor(index, dtype=torch.long)
+        idx = _channel_index(rows, self.out_channels, "output channel")
         return KernelOperator(self.coeffs[idx], self.low, self.stride, self.bias[idx])
 
     def columns(self, cols: slice | Sequence[int]) -> "KernelOperator":
         """The operator restricted to the selected input channels (bias kept)."""
-        index = list(range(self.in_channels))[cols] if isinstance(cols, slice) else list(cols)
-        if not index:
-            raise ValueError("a column selection must keep at least one channel")
-        idx = torch.tensor(index, dtype=torch.long)
+        idx = _channel_index(cols, self.in_channels, "input channel")
         return KernelOperator(self.coeffs[:, idx], self.low, self.stride, self.bias)
 
     # -- evaluation and comparison --------------------------------------------------------
@@ -454,7 +609,10 @@ class KernelOperator:
     def mod_circular(self, sizes: int | Sequence[int]) -> "KernelOperator":
         """``K mod (z^n - 1)`` on every axis whose kernel is longer than ``n`` (taps folded
         onto exponents ``0 .. n-1``): the same operator on ``n``-periodic signals."""
-        n = _per_axis(sizes, self.ndim, "sizes")
+        n = _positive_ints(sizes, self.ndim, "sizes")
+        folded = tuple(min(m, k) for m, k in zip(n, self.kernel_size))
+        check_budget(estimate_bytes((*self.shape, *folded), self.dtype),
+                     f"a {self.out_channels}x{self.in_channels} kernel folded modulo {n}")
         coeffs, low = self.coeffs, list(self.low)
         for axis, (m, k) in enumerate(zip(n, self.kernel_size)):
             if k <= m:
@@ -468,6 +626,8 @@ class KernelOperator:
 
     def allclose(self, other: "KernelOperator", rtol: float = 1e-5, atol: float = 1e-8) -> bool:
         """Equal strides and, on the union of the supports, close kernels and biases."""
+        if not isinstance(other, KernelOperator):
+            raise TypeError(f"expected a KernelOperator, got {type(other).__name__}")
         if self.shape != other.shape or self.stride != other.stride or self.ndim != other.ndim:
             return False
         low = tuple(map(min, self.low, other.low))
@@ -484,13 +644,34 @@ class KernelOperator:
                 f"{self.low}..{self.high}{extra}, {str(self.dtype).removeprefix('torch.')})")
 
 
-def _to_float(value: Any) -> float:
-    """A sympy number rounded once, correctly, to float64."""
-    if value.is_Rational:
-        return float(Fraction(int(value.p), int(value.q)))
-    if value.free_symbols:
-        raise ValueError(f"coefficient {value} is symbolic")
-    return float(value)
+class ChannelIndexError(ValueError, IndexError):
+    """A channel index out of range (both a ValueError and an IndexError)."""
+
+
+def _channel_index(rows: Any, count: int, what: str) -> torch.Tensor:
+    """Validated channel indices (an int, a slice or a sequence of ints; negative ones count
+    from the end) as a long tensor."""
+    if isinstance(rows, slice):
+        index = list(range(count))[rows]
+    elif isinstance(rows, (int, np.integer)) and not isinstance(rows, (bool, np.bool_)):
+        index = [rows]
+    elif isinstance(rows, torch.Tensor) and not rows.is_floating_point() and not rows.is_complex() \
+            and rows.dtype != torch.bool and rows.ndim <= 1:
+        index = rows.reshape(-1).tolist()
+    elif isinstance(rows, (str, bytes)) or not hasattr(rows, "__iter__"):
+        raise TypeError(f"{what} index must be an int, a slice or a sequence of ints, "
+                        f"got {rows!r}")
+    else:
+        index = list(rows)
+    for i in index:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{what} index must be an int, a slice or a sequence of ints, "
+                            f"got {rows!r}")
+        if not -count <= i < count:
+            raise ChannelIndexError(f"{what} {int(i)} out of range: the operator has {count}")
+    if not index:
+        raise ValueError(f"a channel selection must keep at least one {what}")
+    return torch.tensor([int(i) % count for i in index], dtype=torch.long)
 
 
 def _frame(ops: Sequence[KernelOperator]) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
@@ -508,10 +689,15 @@ def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
     ops = list(operators)
     if not ops:
         raise ValueError("block_diag needs at least one operator")
+    for op in ops:
+        if not isinstance(op, KernelOperator):
+            raise TypeError(f"block_diag takes KernelOperators, got {type(op).__name__}")
     if len({(op.stride, op.ndim) for op in ops}) != 1:
         raise ValueError("block_diag needs operators with equal strides and dimensions")
     low, size, dtype = _frame(ops)
     c_out, c_in = sum(op.out_channels for op in ops), sum(op.in_channels for op in ops)
+    check_budget(estimate_bytes((c_out, c_in, *size), dtype),
+                 f"a block-diagonal {c_out}x{c_in} kernel of size {'x'.join(map(str, size))}")
     coeffs = torch.zeros((c_out, c_in, *size), dtype=dtype)
     o = c = 0
     for op in ops:
@@ -525,8 +711,14 @@ def vstack(operators: Sequence[KernelOperator]) -> KernelOperator:
     ops = list(operators)
     if not ops:
         raise ValueError("vstack needs at least one operator")
+    for op in ops:
+        if not isinstance(op, KernelOperator):
+            raise TypeError(f"vstack takes KernelOperators, got {type(op).__name__}")
     if len({(op.stride, op.ndim, op.in_channels) for op in ops}) != 1:
         raise ValueError("vstack needs operators with equal strides, dimensions and inputs")
     low, size, dtype = _frame(ops)
+    c_out = sum(op.out_channels for op in ops)
+    check_budget(2 * estimate_bytes((c_out, ops[0].in_channels, *size), dtype),
+                 f"a stacked {c_out}x{ops[0].in_channels} kernel of size {'x'.join(map(str, size))}")
     coeffs = torch.cat([op._embedded(low, size).to(dtype) for op in ops])
     return KernelOperator(coeffs, low, ops[0].stride, torch.cat([op.bias.to(dtype) for op in ops]))

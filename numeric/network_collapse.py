@@ -8,16 +8,18 @@ layers' tap patterns and on which collapsed values carry a bias, so it is exact 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
+import sympy
 import torch
 
 from algebra.collapse import CollapseResult, collapse_walk
 from algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
                              Network, Shape, Split)
 
-from .kernels import KernelOperator, vstack
+from .kernels import KernelOperator, check_float_dtype, vstack
 from .network_torch import _tensor
 
 __all__ = ["NumericCollapse", "collapse_numeric", "affine_numeric"]
@@ -27,7 +29,7 @@ class NumericBackend:
     """Makes :class:`KernelOperator` layers for :func:`collapse_walk`."""
 
     def __init__(self, network: Network, dtype: torch.dtype):
-        self.ndim, self.dtype = network.ndim, dtype
+        self.ndim, self.dtype = network.ndim, check_float_dtype(dtype)
 
     def identity(self, channels: int) -> KernelOperator:
         return KernelOperator.identity(channels, self.ndim, dtype=self.dtype)
@@ -73,7 +75,17 @@ class NumericBackend:
     def combine(self, ops: Sequence[KernelOperator], coefficients: Sequence[Any]) -> KernelOperator:
         total = None
         for op, c in zip(ops, coefficients):
-            part = op if c == 1 else op * float(c)
+            if isinstance(c, sympy.Basic) and c.free_symbols:
+                raise ValueError(f"add coefficient {c} is symbolic: numeric collapse needs "
+                                 "numbers (substitute values, or use algebra.collapse)")
+            try:
+                value = float(c)
+            except (TypeError, ValueError):
+                raise ValueError(f"add coefficient {c!r} is not a number: numeric collapse "
+                                 "needs real numbers") from None
+            if not math.isfinite(value):
+                raise ValueError(f"add coefficient {c!r} is not finite; NaN/Inf are refused")
+            part = op if c == 1 else op * value
             total = part if total is None else total + part
         return total
 
@@ -101,16 +113,14 @@ class NumericCollapse(CollapseResult):
         raise NotImplementedError("apply a KernelOperator with numeric.evaluator "
                                   "(OperatorEvaluator, conv_direct, conv_fft)")
 
-    def describe(self) -> str:
-        op = self.operator
-        kernel = "x".join(map(str, op.kernel_size))
-        return f"{op.out_channels}x{op.in_channels} kernel {kernel}, stride {op.stride}; {self.where()}"
-
 
 def collapse_numeric(network: Network, input_shape: Sequence[int], *,
                      dtype: torch.dtype = torch.float64, periodic: bool | None = None
                      ) -> NumericCollapse:
     """Collapse a linear network to one :class:`KernelOperator` and its exact region."""
+    if not isinstance(network, Network):
+        raise TypeError(f"collapse_numeric needs an algebra Network, got {type(network).__name__}")
+    check_float_dtype(dtype)
     walk = collapse_walk(network, input_shape, NumericBackend(network, dtype), periodic)
     return NumericCollapse(walk.operator, tuple(walk.shapes["input"]),
                            tuple(walk.shapes[network.output_name]), walk.region, walk.periodic)
@@ -123,6 +133,9 @@ def affine_numeric(network: Network, input_shape: Sequence[int], *, method: str 
     (:func:`numeric.affine.extract_affine`).  Every padding mode, flatten and linear."""
     from .affine import extract_affine
     from .network_torch import NetworkModule
+    if not isinstance(network, Network):
+        raise TypeError(f"affine_numeric needs an algebra Network, got {type(network).__name__}")
+    check_float_dtype(dtype)
     network.shapes(input_shape)  # clear errors for a wrong input shape before any work
     return extract_affine(NetworkModule(network, dtype).eval(), input_shape, method=method,
                           dtype=dtype, budget=budget)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import sympy
 import torch
 import torch.nn.functional as F
 
 from algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                              GlobalAvgPool, Input, Linear, Network, Split)
+
+from .kernels import _rounded, check_float_dtype
 
 __all__ = ["NetworkModule", "network_forward"]
 
@@ -26,17 +26,10 @@ _POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 def _tensor(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
-    array = np.asarray(values)
-    if array.dtype == object:
-        flat = []
-        for v in array.flat:
-            if isinstance(v, sympy.Basic):
-                if v.free_symbols:
-                    raise ValueError(f"{what} is symbolic ({v}); substitute values first")
-                v = float(v)
-            flat.append(float(v))
-        array = np.array(flat, dtype=np.float64).reshape(array.shape)
-    return torch.as_tensor(np.asarray(array, dtype=np.float64), dtype=dtype)
+    """Weights as a ``dtype`` tensor: every exact rational rounded ONCE, correctly
+    (:func:`algebra.exact.round_rational`), floats rounded once; symbolic, complex and
+    non-finite entries refused."""
+    return _rounded(values, dtype, what)
 
 
 def _pad_list(padding: tuple[tuple[int, int], ...]) -> list[int]:
@@ -52,7 +45,11 @@ class NetworkModule(torch.nn.Module):
 
     def __init__(self, network: Network, dtype: torch.dtype = torch.float64):
         super().__init__()
+        if not isinstance(network, Network):
+            raise TypeError(f"NetworkModule needs an algebra Network, got {type(network).__name__}")
+        check_float_dtype(dtype)
         self.network = network
+        self._checked: set[tuple[int, ...]] = set()
         self.order = network.order()
         self.dtype = dtype
         self.params: dict[str, dict[str, torch.Tensor | None]] = {}
@@ -70,7 +67,33 @@ class NetworkModule(torch.nn.Module):
                 self.params[name] = {"coefficients": _tensor(list(node.coefficients), dtype,
                                                              f"node {name!r} coefficients")}
 
+    def _check_input(self, x: Any) -> None:
+        """``x`` must be a real tensor of shape ``(B, C, *n)`` the network accepts."""
+        net = self.network
+        expected = f"(batch, {net.in_channels}{', n' * net.ndim})"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"the input must be a torch.Tensor of shape {expected}, got "
+                            f"{type(x).__name__} (convert it with torch.as_tensor)")
+        if x.is_complex():
+            raise TypeError(f"complex input ({x.dtype}) not supported: the network is real")
+        if x.ndim != net.ndim + 2:
+            raise ValueError(f"the input must have shape {expected} ({net.ndim + 2} axes, the "
+                             f"first the batch), got {tuple(x.shape)}")
+        shape = tuple(x.shape[1:])
+        if shape in self._checked:
+            return
+        if shape[0] != net.in_channels:
+            raise ValueError(f"the network takes {net.in_channels} input channels: expected "
+                             f"shape {expected}, got {tuple(x.shape)}")
+        try:
+            net.shapes(shape)
+        except ValueError as exc:
+            raise ValueError(f"the network cannot run on an input of shape {tuple(x.shape)} "
+                             f"(batch, C, *n): {exc}") from None
+        self._checked.add(shape)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         ndim = self.network.ndim
         values: dict[str, torch.Tensor] = {}
         for name in self.order:

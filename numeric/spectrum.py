@@ -21,6 +21,8 @@ grid maximum is a lower bound that converges as the grid is refined.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,8 +36,27 @@ __all__ = ["fold_periodic", "symbol", "fft_multiplier", "singular_values", "oper
            "LipschitzBound", "lipschitz_bound", "implicit_solve"]
 
 
+def _check_op(op: object, what: str = "op") -> KernelOperator:
+    if not isinstance(op, KernelOperator):
+        raise TypeError(f"{what} must be a KernelOperator, got {type(op).__name__}")
+    return op
+
+
 def _sizes(op: KernelOperator, sizes: int | Sequence[int]) -> tuple[int, ...]:
-    n = (int(sizes),) * op.ndim if isinstance(sizes, (int, np.integer)) else tuple(map(int, sizes))
+    _check_op(op)
+    bad = TypeError(f"grid sizes must be an int or {op.ndim} ints, got {sizes!r}")
+    if isinstance(sizes, (bool, np.bool_, str, bytes)):
+        raise bad
+    if isinstance(sizes, (int, np.integer)):
+        n = (int(sizes),) * op.ndim
+    else:
+        try:
+            items = tuple(sizes)
+        except TypeError:
+            raise bad from None
+        if any(isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)) for m in items):
+            raise bad
+        n = tuple(int(m) for m in items)
     if len(n) != op.ndim or any(m <= 0 for m in n):
         raise ValueError(f"need {op.ndim} positive grid sizes, got {sizes}")
     return n
@@ -138,6 +159,8 @@ def lipschitz_bound(layers: Sequence[KernelOperator], sizes: int | Sequence[int]
     of the collapsed chain ``A_L ∘ ... ∘ A_1`` (``layers[0]`` is applied first)."""
     if not layers:
         raise ValueError("lipschitz_bound needs at least one layer")
+    for i, op in enumerate(layers):
+        _check_op(op, f"layers[{i}]")
     n = _sizes(layers[0], sizes)
     norms, chain = [], None
     for op in layers:
@@ -165,8 +188,26 @@ def implicit_solve(op: KernelOperator, y: torch.Tensor, h: float) -> torch.Tenso
     """Solve ``(I + h K^T K) Z = Y`` for ``n``-periodic ``Y`` of shape ``(C_in, *n)`` or
     ``(B, C_in, *n)``, ``K^T = K(1/z)^T`` the adjoint: per frequency
     ``(I + h M^H M) Ẑ = Ŷ`` (an implicit diffusion step; stride 1, bias ignored)."""
+    _check_op(op)
     if any(s != 1 for s in op.stride):
         raise ValueError("implicit_solve needs a stride-1 operator (K^T K is then a convolution)")
+    if isinstance(h, (bool, np.bool_)) or not isinstance(h, (numbers.Real, np.integer, np.floating)):
+        raise TypeError(f"h must be a real number, got {h!r}")
+    h = float(h)
+    if not math.isfinite(h):
+        raise ValueError(f"h must be finite, got {h}")
+    if not isinstance(y, torch.Tensor):
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"Y must be a tensor or a numeric array, got {type(y).__name__} "
+                            f"({exc})") from None
+    if y.is_complex():
+        raise TypeError(f"complex Y ({y.dtype}) not supported: the operator is real")
+    if not y.is_floating_point():
+        y = y.to(op.dtype)
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("Y has non-finite entries (NaN/Inf)")
     batched = y.ndim == op.ndim + 2
     if not batched and y.ndim != op.ndim + 1:
         raise ValueError(f"Y must have shape (C, *n) or (B, C, *n) with {op.ndim} spatial axes")
@@ -180,6 +221,17 @@ def implicit_solve(op: KernelOperator, y: torch.Tensor, h: float) -> torch.Tenso
     check_budget(_complex_bytes(op, M.shape[0] * op.in_channels ** 2),
                  f"{M.shape[0]} implicit-step systems of size {op.in_channels}")
     A = torch.eye(op.in_channels, dtype=M.dtype) + h * (M.mH @ M)
+    if h < 0:  # I + h M^H M can be singular (or nearly): refuse rather than return garbage
+        ev = torch.linalg.eigvalsh(A)  # (F, C_in), real, ascending
+        smallest = ev.abs().min(dim=1).values
+        tol = op.in_channels * torch.finfo(ev.dtype).eps * ev.abs().amax(dim=1).clamp_min(1)
+        bad = torch.nonzero(smallest <= tol).flatten()
+        if bad.numel():
+            spec_shape = (*n[:-1], n[-1] // 2 + 1)
+            index = tuple(int(i) for i in np.unravel_index(int(bad[0]), spec_shape))
+            raise ValueError(f"I + h K^T K is singular at frequency {index} (FFT index on the "
+                             f"{n} grid; smallest |eigenvalue| {float(smallest[bad[0]]):.3g}) for "
+                             f"h = {h}: no unique solution; choose h > -1/||K||^2")
     Yh = torch.fft.rfftn(Y.to(dtype), dim=dims)
     rhs = Yh.flatten(2).permute(2, 1, 0).contiguous()  # (F, C_in, B)
     Z = _hermitian_solve(A, rhs, positive=h >= 0).permute(2, 1, 0).reshape(Yh.shape)
