@@ -29,7 +29,7 @@ import numpy as np
 
 from .memory import check_budget, estimate_bytes
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
-                      GlobalAvgPool, Input, Linear, Network, Shape, Split)
+                      Input, Linear, Network, Shape, Split)
 from .operator import ConvOperator, vstack
 from .regions import Extent, TapPattern, merge_add, merge_concat, propagate
 from .signal import apply_operator

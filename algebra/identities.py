@@ -22,7 +22,6 @@ from typing import Callable
 import numpy as np
 import sympy
 
-from .layout import default_ring
 from .network import Network
 from .operator import ConvOperator
 from .prove import Certificate, Counterexample, prove

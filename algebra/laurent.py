@@ -16,7 +16,7 @@ array conversion, ``str`` and LaTeX.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import sympy

@@ -16,7 +16,7 @@ change the operator, so it is not part of it (see :mod:`algebra.signal` for wind
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,7 +25,7 @@ from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
 from .exact import round_rational, to_domain
-from .laurent import LaurentPoly, LaurentRing, _as_axis_tuple
+from .laurent import LaurentRing, _as_axis_tuple
 from .operator import ConvOperator
 
 __all__ = ["TorchLayout", "operator_from_weight", "operator_to_weight", "default_ring",

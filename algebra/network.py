@@ -16,8 +16,8 @@ Build networks with :class:`Network` — every method returns a :class:`Value` h
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property, reduce
+from dataclasses import dataclass
+from functools import reduce
 from typing import Any, Sequence
 
 import numpy as np

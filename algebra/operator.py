@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from functools import reduce
 from math import gcd
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import sympy

@@ -27,7 +27,7 @@ import numpy as np
 import sympy
 from sympy.polys.domains.domain import Domain
 
-from .affine_map import AffineMap, _flat, collapse_affine
+from .affine_map import _flat, collapse_affine
 from .collapse import collapse
 from .network import Network
 from .operator import ConvOperator

@@ -403,7 +403,7 @@ class KernelOperator:
         """``(weight, bias, stride, padding)`` for ``F.conv{n}d``: ``weight = flip(coeffs)``
         with padding ``p = high`` (zeros added so that the taps reach exponent 0 when the
         kernel only looks ahead, as torch needs ``p >= 0``)."""
-        coeffs, low = self.coeffs, self.low
+        coeffs = self.coeffs
         if any(h < 0 for h in self.high):
             pad = [x for h in reversed(self.high) for x in (0, max(-h, 0))]
             coeffs = F.pad(coeffs, pad)

@@ -9,8 +9,8 @@ import sympy
 import torch
 from sympy import QQ, ZZ
 
-from algebra import (ConvOperator, Network, collapse, collapse_affine, exact_rational,
-                     laurent_ring, prove, prove_collapse, round_rational, to_domain)
+from algebra import (ConvOperator, Network, collapse, collapse_affine, laurent_ring, prove,
+                     prove_collapse, round_rational, to_domain)
 from algebra.memory import MemoryBudgetError, memory_budget
 from bridge.cli import main
 

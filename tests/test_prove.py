@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from algebra import (LIBRARY, Certificate, ConvOperator, Counterexample, Network, collapse,
                      prove, prove_collapse)
-from network_strategies import build_network, linear_networks, torch_forward
+from network_strategies import build_network, linear_networks
 
 
 @settings(deadline=None, max_examples=12)
