@@ -245,7 +245,25 @@ def polymatmul(outer: torch.Tensor, inner: torch.Tensor, dilation: int | Sequenc
     del fo, fi
     spec_shape = (*size[:-1], size[-1] // 2 + 1)
     prod = prod.permute(1, 2, 0).reshape(c_out, c_in, *spec_shape)
-    return torch.fft.irfftn(prod, s=size, dim=dims)
+    product = torch.fft.irfftn(prod, s=size, dim=dims)
+    return product * _structural_support(outer, inner, size, dims)
+
+
+def _structural_support(outer: torch.Tensor, inner: torch.Tensor, size: tuple[int, ...],
+                        dims: tuple[int, ...]) -> torch.Tensor:
+    """Where a product of these kernels can be nonzero: channel pairs ``(o, c)`` with some
+    ``m`` where both ``outer[o, m]`` and ``inner[m, c]`` are nonzero, times positions in the
+    sum of the two spatial supports.  Elsewhere the exact product is 0, and the FFT's
+    round-off (~1e-17) must not turn those taps into nonzero coefficients."""
+    channels = (outer.flatten(2) != 0).any(-1).to(outer.dtype) @ \
+        (inner.flatten(2) != 0).any(-1).to(outer.dtype)
+    so = (outer != 0).flatten(0, 1).any(0).to(outer.dtype)
+    si = (inner != 0).flatten(0, 1).any(0).to(outer.dtype)
+    counts = torch.fft.irfftn(torch.fft.rfftn(so, s=size, dim=dims) *
+                              torch.fft.rfftn(si, s=size, dim=dims), s=size, dim=dims)
+    spatial = counts > 0.5  # integer counts of overlapping taps
+    mask = (channels > 0.5).reshape(*channels.shape, *(1,) * len(size)) & spatial
+    return mask.to(outer.dtype)
 
 
 class KernelOperator:

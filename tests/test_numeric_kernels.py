@@ -232,3 +232,20 @@ def test_memory_guard_refuses_before_allocating(monkeypatch):
         outer.dilate(10**6)
     small = KernelOperator(torch.ones(2, 2, 3, 3), -1)
     assert (small @ small).kernel_size == (5, 5)  # ordinary work still passes
+
+
+def test_fft_composition_keeps_structural_zeros_exact():
+    """Dilated taps (0, 2, 4) composed with themselves: the odd taps are exactly zero, as
+    are the off-block entries of grouped kernels (no FFT round-off left behind)."""
+    w = torch.tensor([[[1.0, 0.0, 2.0, 0.0, 3.0]]], dtype=torch.float64)
+    A = KernelOperator(w, 0)
+    C = A.compose(A, method="fft")
+    assert torch.count_nonzero(C.coeffs) == 5
+    exact = A.to_algebra() @ A.to_algebra()
+    got = C.to_algebra()
+    assert [e for e, _ in got.matrix[0][0].terms()] == [e for e, _ in exact.matrix[0][0].terms()]
+    assert C.allclose(KernelOperator.from_algebra(exact), rtol=1e-14, atol=0)
+    g = torch.randn(4, 2, 3, dtype=torch.float64)
+    G = KernelOperator.from_torch_weight(g, groups=2, padding=1)
+    GG = G.compose(G, method="fft")
+    assert torch.count_nonzero(GG.coeffs[:2, 2:]) == 0 and torch.count_nonzero(GG.coeffs[2:, :2]) == 0

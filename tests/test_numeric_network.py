@@ -91,15 +91,18 @@ def test_numeric_collapse_equals_torch_on_region(case):
     x = torch.from_numpy(rng.normal(size=(2, *shape)))
     reference = network_forward(net, x)
     if result.periodic:
-        periodic_op = result.operator.mod_circular(shape[1:])
+        op, size = result.operator, shape[1:]
+        folded = torch.zeros((*op.shape, *size), dtype=op.coeffs.dtype)  # exponents 0..n-1
+        for index in np.ndindex(*op.coeffs.shape[2:]):
+            target = tuple((l + t) % n for l, t, n in zip(op.low, index, size))
+            folded[(slice(None), slice(None), *target)] += op.coeffs[(slice(None), slice(None), *index)]
         pads = []
-        for axis in reversed(range(len(shape) - 1)):
-            high = periodic_op.low[axis] + periodic_op.coeffs.shape[2 + axis] - 1
-            pads += [high, 0]
-        conv = {1: F.conv1d, 2: F.conv2d}[len(shape) - 1]
-        weight = periodic_op.coeffs.flip(list(range(2, periodic_op.coeffs.ndim)))
-        y = conv(F.pad(x, pads, mode="circular"), weight, periodic_op.bias, stride=periodic_op.stride)
-        window = tuple(slice(0, n // s) for n, s in zip(shape[1:], periodic_op.stride))
+        for n in reversed(size):
+            pads += [n - 1, 0]  # y[i] = sum_t folded[t] x[(s i - t) mod n]
+        conv = {1: F.conv1d, 2: F.conv2d}[len(size)]
+        weight = folded.flip(list(range(2, folded.ndim)))
+        y = conv(F.pad(x, pads, mode="circular"), weight, op.bias, stride=op.stride)
+        window = tuple(slice(0, n // s) for n, s in zip(size, op.stride))
         y = y[(slice(None), slice(None), *window)]
         assert torch.allclose(y, reference, rtol=1e-9, atol=1e-9)
         return
