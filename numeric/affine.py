@@ -90,6 +90,16 @@ class AffineMap:
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """``in_shape``, under the name :class:`algebra.AffineMap` uses."""
+        return self.in_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """``out_shape``, under the name :class:`algebra.AffineMap` uses."""
+        return self.out_shape
+
+    @property
     def n_in(self) -> int:
         return self.W.shape[1]
 

@@ -170,6 +170,7 @@ def test_64_channel_classifier_affine_map_against_torch_and_exact(mode):
     net = classifier(64, rng)
     affine = affine_numeric(net, (1, 12, 12))
     assert affine.W.shape == (10, 144) and affine.method == "vjp"
+    assert affine.input_shape == (1, 12, 12) and affine.output_shape == (10,)
     x = torch.from_numpy(rng.normal(size=(5, 1, 12, 12)))
     reference = network_forward(net, x)
     assert torch.allclose(affine(x), reference, rtol=1e-10, atol=1e-10)
