@@ -6,7 +6,7 @@ from .kernels import KernelOperator, TorchConv, block_diag, polymatmul, vstack
 from .spectrum import (LipschitzBound, fft_multiplier, implicit_solve, lipschitz_bound,
                        operator_norm, singular_values, symbol)
 from .cost import CostReport, Machine, MethodCost, estimate_costs
-from .evaluator import DirectConv, OperatorEvaluator, conv_direct, conv_fft, dense_matrix
+from .evaluator import DirectConv, OperatorEvaluator, conv_direct, conv_fft, conv_window, dense_matrix
 from .network_torch import NetworkModule, network_forward
 from .network_collapse import NumericCollapse, affine_numeric, collapse_numeric
 
@@ -17,6 +17,6 @@ __all__ = [
     "LipschitzBound", "fft_multiplier", "implicit_solve", "lipschitz_bound", "operator_norm",
     "singular_values", "symbol",
     "CostReport", "Machine", "MethodCost", "estimate_costs",
-    "DirectConv", "OperatorEvaluator", "conv_direct", "conv_fft", "dense_matrix",
+    "DirectConv", "OperatorEvaluator", "conv_direct", "conv_fft", "conv_window", "dense_matrix",
     "NetworkModule", "network_forward", "NumericCollapse", "affine_numeric", "collapse_numeric",
 ]

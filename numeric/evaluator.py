@@ -26,7 +26,7 @@ from .cost import METHODS, CostReport, Machine, estimate_costs, fft_grid
 from .kernels import KernelOperator
 from .spectrum import fold_periodic
 
-__all__ = ["OperatorEvaluator", "DirectConv", "conv_direct", "conv_fft", "dense_matrix"]
+__all__ = ["conv_window", "OperatorEvaluator", "DirectConv", "conv_direct", "conv_fft", "dense_matrix"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -109,6 +109,23 @@ def conv_direct(op: KernelOperator, x: torch.Tensor, padding: str = "zero") -> t
     """``op`` applied to ``x`` by one ``conv{n}d`` (see :class:`DirectConv`)."""
     x = _as_input(op, x)
     return DirectConv(op, tuple(x.shape[2:]), padding)(x)
+
+
+def conv_window(op: KernelOperator, x: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+    """``y[i] = b + sum_e K[e] x[s i - e]`` for ``0 <= i < out_size`` with ``x`` zero outside
+    its window: the zero-extended semantics of :func:`algebra.collapse`, on any output window
+    (one padded ``conv{n}d``; ``to_torch_weight`` gives ``y[i] = sum_a w[a] x[s i + a - p]``)."""
+    x = _as_input(op, x)
+    out_size = tuple(int(v) for v in out_size)
+    if len(out_size) != op.ndim or min(out_size) < 1:
+        raise ValueError(f"out_size must be {op.ndim} positive sizes, got {out_size}")
+    w = op.to_torch_weight()
+    pads: list[int] = []
+    for n, s, L, p, k in reversed(list(zip(x.shape[2:], w.stride, out_size, w.padding,
+                                           w.weight.shape[2:]))):
+        pads += [p, max(0, s * (L - 1) - p + k - n)]
+    y = _CONV[op.ndim](F.pad(x, pads), w.weight.to(x.dtype), w.bias.to(x.dtype), stride=w.stride)
+    return y[(slice(None), slice(None), *(slice(0, L) for L in out_size))]
 
 
 def _kernel_spectrum(op: KernelOperator, sizes: Sequence[int], padding: str) -> torch.Tensor:

@@ -109,9 +109,18 @@ class NumericCollapse(CollapseResult):
     :class:`KernelOperator`: it equals the network where ``region`` is True."""
     operator: KernelOperator
 
-    def apply(self, x: Any) -> np.ndarray:
-        raise NotImplementedError("apply a KernelOperator with numeric.evaluator "
-                                  "(OperatorEvaluator, conv_direct, conv_fft)")
+    def apply(self, x: Any) -> torch.Tensor:
+        """The collapsed operator on a batch ``(B, *input_shape)`` (or one input), on the
+        network's output window: equal to the network where ``region`` is True."""
+        from .evaluator import conv_direct, conv_window
+        x = torch.as_tensor(x, dtype=self.operator.dtype)
+        single = x.ndim == len(self.input_shape)
+        if tuple(x.shape[int(not single):]) != tuple(self.input_shape):
+            raise ValueError(f"expected inputs of shape {self.input_shape}, got {tuple(x.shape)}")
+        batch = x[None] if single else x
+        y = conv_direct(self.operator, batch, "circular") if self.periodic else \
+            conv_window(self.operator, batch, self.output_shape[1:])
+        return y[0] if single else y
 
 
 def collapse_numeric(network: Network, input_shape: Sequence[int], *,

@@ -4,36 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import assume, given, settings, strategies as st
 
 from algebra import Network, collapse
 from numeric.kernels import KernelOperator
 from numeric.network_collapse import collapse_numeric
 from numeric.network_torch import network_forward
-
-
-def apply_zero_extended(op: KernelOperator, x: torch.Tensor, out_size: tuple[int, ...]) -> torch.Tensor:
-    """``y[i] = b + sum_e K[e] x[s i - e]`` with x zero outside its window, written with
-    one padded F.conv: left pad = highest exponent, right pad as far as the taps reach."""
-    weight = op.coeffs.flip(list(range(2, op.coeffs.ndim)))  # descending exponents = torch order
-    high = [l + k - 1 for l, k in zip(op.low, op.coeffs.shape[2:])]
-    pads: list[int] = []
-    crop = []
-    for axis in reversed(range(op.ndim)):
-        n, s, L = x.shape[2 + axis], op.stride[axis], out_size[axis]
-        left = max(high[axis], 0)
-        start = left - high[axis]  # taps begin at s*i - high; shift when high < 0
-        right = max(0, s * (L - 1) - op.low[axis] - (n - 1))
-        pads += [left, right]
-        crop.append((start, L))
-    padded = F.pad(x, pads)
-    for axis, (start, _) in zip(reversed(range(op.ndim)), crop):
-        padded = padded.narrow(2 + axis, start, padded.shape[2 + axis] - start)
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[op.ndim]
-    y = conv(padded, weight, op.bias, stride=op.stride)
-    window = tuple(slice(0, L) for L in out_size)
-    return y[(slice(None), slice(None), *window)]
 
 
 @st.composite
@@ -90,23 +66,10 @@ def test_numeric_collapse_equals_torch_on_region(case):
     result = collapse_numeric(net, shape)
     x = torch.from_numpy(rng.normal(size=(2, *shape)))
     reference = network_forward(net, x)
+    y = result.apply(x)
     if result.periodic:
-        op, size = result.operator, shape[1:]
-        folded = torch.zeros((*op.shape, *size), dtype=op.coeffs.dtype)  # exponents 0..n-1
-        for index in np.ndindex(*op.coeffs.shape[2:]):
-            target = tuple((l + t) % n for l, t, n in zip(op.low, index, size))
-            folded[(slice(None), slice(None), *target)] += op.coeffs[(slice(None), slice(None), *index)]
-        pads = []
-        for n in reversed(size):
-            pads += [n - 1, 0]  # y[i] = sum_t folded[t] x[(s i - t) mod n]
-        conv = {1: F.conv1d, 2: F.conv2d}[len(size)]
-        weight = folded.flip(list(range(2, folded.ndim)))
-        y = conv(F.pad(x, pads, mode="circular"), weight, op.bias, stride=op.stride)
-        window = tuple(slice(0, n // s) for n, s in zip(size, op.stride))
-        y = y[(slice(None), slice(None), *window)]
         assert torch.allclose(y, reference, rtol=1e-9, atol=1e-9)
         return
-    y = apply_zero_extended(result.operator, x, reference.shape[2:])
     region = torch.from_numpy(result.region)
     diff = (y - reference).abs().amax(dim=(0, 1))
     scale = reference.abs().max().item() + 1.0
@@ -132,7 +95,7 @@ def test_64_channel_residual_network_against_torch(dtype, tol):
     assert result.exact_everywhere and not result.periodic
     x = torch.from_numpy(rng.normal(size=(4, *shape)))
     reference = network_forward(net, x)
-    y = apply_zero_extended(result.operator, x.to(dtype), reference.shape[2:]).double()
+    y = result.apply(x).double()
     error = (y - reference).abs().max().item() / reference.abs().max().item()
     assert error < tol
 
@@ -181,3 +144,13 @@ def test_64_channel_classifier_affine_map_against_torch_and_exact(mode):
     numeric = affine_numeric(small, (1, 6, 6), method="jvp")
     assert np.allclose(numeric.W.numpy(), W, rtol=1e-12, atol=1e-13)
     assert np.allclose(numeric.B.numpy(), B, rtol=1e-12, atol=1e-13)
+
+
+def test_numeric_collapse_apply_checks_shapes_and_accepts_one_input():
+    net = Network(1, 2)
+    net.conv(net.input, np.ones((3, 2, 3)), padding=1)
+    result = collapse_numeric(net, (2, 7))
+    x = torch.randn(2, 7, dtype=torch.float64)
+    assert torch.allclose(result.apply(x), network_forward(net, x[None])[0])
+    with pytest.raises(ValueError, match="shape"):
+        result.apply(torch.randn(2, 8, dtype=torch.float64))
