@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .inputs import as_real_tensor
 from .gemm_conv import GemmConvMode, eval_batch_norm, gemm_conv2d
 from .memory import check_budget, estimate_bytes, format_bytes
 
@@ -130,14 +131,7 @@ def apply_affine(W: torch.Tensor, B: torch.Tensor, X: Any,
 
     ``X`` may be a tensor or an array (numpy); it is cast to ``W``'s dtype and device.
     Given ``in_shape``, ``X`` must have shape ``(N, *in_shape)`` exactly."""
-    if not isinstance(X, torch.Tensor):
-        try:
-            X = torch.as_tensor(X)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"the input must be a tensor or a numeric array, got "
-                            f"{type(X).__name__} ({exc})") from None
-    if X.is_complex():
-        raise TypeError(f"complex input ({X.dtype}) not supported: the map is real")
+    X = as_real_tensor(X, "the input")
     if in_shape is not None:
         if X.dim() == 0 or tuple(X.shape[1:]) != tuple(in_shape):
             raise ValueError(f"input of shape {tuple(X.shape)}: expected (batch, "

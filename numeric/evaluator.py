@@ -23,6 +23,7 @@ from torch import nn
 
 from .affine import extract_affine
 from .cost import METHODS, CostReport, Machine, estimate_costs, fft_grid
+from .inputs import as_real_tensor
 from .kernels import KernelOperator
 from .spectrum import fold_periodic
 
@@ -36,14 +37,7 @@ def _as_input(op: KernelOperator, x: object, sizes: Sequence[int] | None = None)
     integers become the operator's dtype), else a ValueError naming the expected shape."""
     if not isinstance(op, KernelOperator):
         raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
-    if not isinstance(x, torch.Tensor):
-        try:
-            x = torch.as_tensor(x)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"the input must be a tensor or a numeric array, got "
-                            f"{type(x).__name__} ({exc})") from None
-    if x.is_complex():
-        raise TypeError(f"complex input ({x.dtype}) not supported: the operator is real")
+    x = as_real_tensor(x, "the input")
     if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64):
         x = x.to(op.dtype)
     spatial = ", ".join(map(str, sizes)) if sizes is not None else ", ".join(["n"] * op.ndim)

@@ -702,14 +702,20 @@ def _frame(ops: Sequence[KernelOperator]) -> tuple[tuple[int, ...], tuple[int, .
     return low, tuple(h - l + 1 for l, h in zip(low, high)), dtype
 
 
-def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
-    """``diag(A_1, ..., A_g)`` — a grouped convolution (equal strides)."""
+def _operator_list(operators: Sequence[KernelOperator], name: str) -> list[KernelOperator]:
+    """A non-empty list of KernelOperators, or a clear error naming ``name``."""
     ops = list(operators)
     if not ops:
-        raise ValueError("block_diag needs at least one operator")
+        raise ValueError(f"{name} needs at least one operator")
     for op in ops:
         if not isinstance(op, KernelOperator):
-            raise TypeError(f"block_diag takes KernelOperators, got {type(op).__name__}")
+            raise TypeError(f"{name} takes KernelOperators, got {type(op).__name__}")
+    return ops
+
+
+def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
+    """``diag(A_1, ..., A_g)`` — a grouped convolution (equal strides)."""
+    ops = _operator_list(operators, "block_diag")
     if len({(op.stride, op.ndim) for op in ops}) != 1:
         raise ValueError("block_diag needs operators with equal strides and dimensions")
     low, size, dtype = _frame(ops)
@@ -726,12 +732,7 @@ def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
 
 def vstack(operators: Sequence[KernelOperator]) -> KernelOperator:
     """Channel concatenation ``[A_1; ...; A_k]`` of operators on the same input."""
-    ops = list(operators)
-    if not ops:
-        raise ValueError("vstack needs at least one operator")
-    for op in ops:
-        if not isinstance(op, KernelOperator):
-            raise TypeError(f"vstack takes KernelOperators, got {type(op).__name__}")
+    ops = _operator_list(operators, "vstack")
     if len({(op.stride, op.ndim, op.in_channels) for op in ops}) != 1:
         raise ValueError("vstack needs operators with equal strides, dimensions and inputs")
     low, size, dtype = _frame(ops)

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .inputs import as_real_tensor
 from .kernels import KernelOperator
 from .memory import check_budget
 
@@ -196,14 +197,7 @@ def implicit_solve(op: KernelOperator, y: torch.Tensor, h: float) -> torch.Tenso
     h = float(h)
     if not math.isfinite(h):
         raise ValueError(f"h must be finite, got {h}")
-    if not isinstance(y, torch.Tensor):
-        try:
-            y = torch.as_tensor(y)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"Y must be a tensor or a numeric array, got {type(y).__name__} "
-                            f"({exc})") from None
-    if y.is_complex():
-        raise TypeError(f"complex Y ({y.dtype}) not supported: the operator is real")
+    y = as_real_tensor(y, "Y")
     if not y.is_floating_point():
         y = y.to(op.dtype)
     if not bool(torch.isfinite(y).all()):
