@@ -95,8 +95,7 @@ class ConvOperator:
         if bias is None:
             self.bias = (ring.domain.zero,) * len(rows)
         else:
-            bias = tuple(to_domain(b, ring.domain) if not _is_domain_element(b, ring.domain)
-                         else b for b in bias)
+            bias = tuple(to_domain(b, ring.domain) for b in bias)
             if len(bias) != len(rows):
                 raise ValueError(f"bias has {len(bias)} entries, the operator has {len(rows)} outputs")
             self.bias = bias
@@ -272,8 +271,7 @@ class ConvOperator:
         """Scalar multiple ``c·A`` (kernel and bias)."""
         if isinstance(scalar, (ConvOperator, LaurentPoly)):
             return NotImplemented
-        c = to_domain(scalar, self.ring.domain) if not _is_domain_element(scalar, self.ring.domain) \
-            else scalar
+        c = to_domain(scalar, self.ring.domain)
         factor = _const(self.ring, c)
         return self._replace([[e * factor for e in row] for row in self.matrix],
                              bias=[c * b for b in self.bias])
@@ -420,13 +418,6 @@ def _axis_text(values: tuple[int, ...]) -> str:
 
 def _const(ring: LaurentRing, c: Any) -> LaurentPoly:
     return LaurentPoly(ring, ring.poly_ring.ground_new(c), (0,) * ring.ngens)
-
-
-def _is_domain_element(value: Any, domain: Domain) -> bool:
-    try:
-        return domain.of_type(value)
-    except Exception:
-        return False
 
 
 def block_diag(operators: Sequence[ConvOperator]) -> ConvOperator:
