@@ -63,9 +63,8 @@ def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | No
     if array.size == 0:
         raise ValueError(f"the signal is empty (shape {array.shape})")
     op = _with_input_symbols(op, array)
-    X = signal_to_polys(op, x)
-    n = np.asarray(x.shape[1:] if hasattr(x, "shape") else np.asarray(x).shape[1:])
-    n = tuple(int(v) for v in n)
+    X = signal_to_polys(op, array)
+    n = tuple(int(v) for v in array.shape[1:])
     rows = []
     for o in range(op.out_channels):
         acc = op.ring.zero
