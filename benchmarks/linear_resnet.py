@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bridge.models import calibrate_batchnorm_, randomize_batchnorm_, resnet34  # noqa: E402
-from numeric.affine import extract_affine  # noqa: E402
+from laurentnet.bridge.models import calibrate_batchnorm_, randomize_batchnorm_, resnet34  # noqa: E402
+from laurentnet.numeric.affine import extract_affine  # noqa: E402
 
 IN_SHAPE = (1, 28, 28)
 

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import sympy
 
-from algebra import ConvOperator
+from laurentnet.algebra import ConvOperator
 
 
 def random_weights(seed: int, layers: int, channels: int) -> list[np.ndarray]:

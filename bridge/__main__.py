@@ -1,4 +1,4 @@
-"""``python -m bridge`` is the ``laurentnet`` command."""
+"""``python -m laurentnet.bridge`` is the ``laurentnet`` command too."""
 import sys
 
 from .cli import main

@@ -23,8 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from algebra import Network, collapse, prove_collapse
-from numeric.network_torch import NetworkModule
+from ..algebra import Network, collapse, prove_collapse
+from ..numeric.network_torch import NetworkModule
 
 from .torch_conv import PeriodicConv
 

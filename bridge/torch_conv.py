@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from algebra import ConvOperator
+from ..algebra import ConvOperator
 
 __all__ = ["conv_nd", "reduce_periodic", "PeriodicConv"]
 

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algebra import ConvOperator, exact_rational
-from algebra.layout import default_ring
-from algebra.laurent import _as_axis_tuple as _per_axis
+from ..algebra import ConvOperator, exact_rational
+from ..algebra.layout import default_ring
+from ..algebra.laurent import _as_axis_tuple as _per_axis
 
 from .memory import check_budget, estimate_bytes
 
@@ -131,7 +131,7 @@ def _rounded(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
     """Exact numbers (ints, Fractions, sympy Rationals, floats) each rounded ONCE, correctly,
     to ``dtype`` (:func:`algebra.exact.round_rational`); symbolic entries are refused."""
     import sympy
-    from algebra.exact import round_rational
+    from ..algebra.exact import round_rational
     np_dtype = _torch_to_numpy_dtype(check_float_dtype(dtype))
     array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
     if array.dtype != object:

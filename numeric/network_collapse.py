@@ -15,8 +15,8 @@ import numpy as np
 import sympy
 import torch
 
-from algebra.collapse import CollapseResult, collapse_walk
-from algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
+from ..algebra.collapse import CollapseResult, collapse_walk
+from ..algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
                              Network, Shape, Split)
 
 from .kernels import KernelOperator, check_float_dtype, vstack

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
+from ..algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                              GlobalAvgPool, Input, Linear, Network, Split)
 
 from .kernels import _rounded, check_float_dtype

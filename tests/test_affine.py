@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from bridge.models import PADDING_MODES, randomize_batchnorm_, resnet_tiny
-from numeric.affine import (AffineModule, GemmConvMode, NotAffineError, check_affine,
+from laurentnet.bridge.models import PADDING_MODES, randomize_batchnorm_, resnet_tiny
+from laurentnet.numeric.affine import (AffineModule, GemmConvMode, NotAffineError, check_affine,
                             extract_affine, gemm_conv2d)
-from numeric.memory import MemoryBudgetError
+from laurentnet.numeric.memory import MemoryBudgetError
 
 METHODS = ("vjp", "jvp", "identity_batch")
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algebra import Network, collapse, collapse_affine
+from laurentnet.algebra import Network, collapse, collapse_affine
 from network_strategies import build_network, linear_networks, random_inputs, torch_forward
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")

@@ -9,10 +9,10 @@ import sympy
 import torch
 from sympy import QQ, ZZ
 
-from algebra import (ConvOperator, Network, collapse, collapse_affine, laurent_ring, prove,
+from laurentnet.algebra import (ConvOperator, Network, collapse, collapse_affine, laurent_ring, prove,
                      prove_collapse, round_rational, to_domain)
-from algebra.memory import MemoryBudgetError, memory_budget
-from bridge.cli import main
+from laurentnet.algebra.memory import MemoryBudgetError, memory_budget
+from laurentnet.bridge.cli import main
 
 
 def _net(channels: int = 2) -> Network:

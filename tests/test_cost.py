@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from algebra import apply_operator
-from numeric.cost import estimate_costs
-from numeric.evaluator import OperatorEvaluator, conv_direct, conv_fft, dense_matrix
-from numeric.kernels import KernelOperator
-from numeric.memory import MemoryBudgetError
+from laurentnet.algebra import apply_operator
+from laurentnet.numeric.cost import estimate_costs
+from laurentnet.numeric.evaluator import OperatorEvaluator, conv_direct, conv_fft, dense_matrix
+from laurentnet.numeric.kernels import KernelOperator
+from laurentnet.numeric.memory import MemoryBudgetError
 
 CONV = {1: F.conv1d, 2: F.conv2d}
 

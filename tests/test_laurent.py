@@ -16,7 +16,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 from sympy.polys.domains import QQ, ZZ
 
-from algebra import LaurentPoly, LaurentRing, laurent_ring
+from laurentnet.algebra import LaurentPoly, LaurentRing, laurent_ring
 from strategies import frac
 
 RINGS = {n: LaurentRing(" ".join(f"z{i + 1}" for i in range(n)), QQ) for n in (1, 2, 3)}

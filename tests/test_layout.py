@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from sympy.polys.domains import QQ
 
-from algebra import ConvOperator, TorchLayout, apply_operator, exact_rational, to_domain
+from laurentnet.algebra import ConvOperator, TorchLayout, apply_operator, exact_rational, to_domain
 from strategies import (ConvSpec, assert_exact, budget, conv_specs, frac, int_arrays,
                         normal_arrays, torch_conv, torch_conv_transpose)
 
@@ -281,7 +281,7 @@ def test_to_weight_refuses_structure_the_kernel_lacks():
 
 # -- exact rationals back to floats: correctly rounded ------------------------------------
 def _one_tap(value: Fraction) -> ConvOperator:
-    from algebra import laurent_ring
+    from laurentnet.algebra import laurent_ring
     R, _ = laurent_ring("z", QQ)
     return ConvOperator(R, [[R.from_dict({(0,): sympy.Rational(value.numerator,
                                                                value.denominator)})]])

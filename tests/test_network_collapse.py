@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algebra import Network, collapse, collapse_affine
+from laurentnet.algebra import Network, collapse, collapse_affine
 from network_strategies import (build_network, linear_networks, periodic_networks,
                                 random_inputs, torch_forward)
 

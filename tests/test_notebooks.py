@@ -151,7 +151,7 @@ def test_collapse_theorem_outputs(executed):
 
 
 def test_proof_checking_outputs(executed):
-    from algebra import LIBRARY
+    from laurentnet.algebra import LIBRARY
 
     notebook = executed(_notebook("02_proof_checking.ipynb"))
     summary = _tagged(notebook, "library-summary")

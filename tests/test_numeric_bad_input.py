@@ -8,14 +8,14 @@ import sympy
 import torch
 from torch import nn
 
-from algebra import ConvOperator
-from algebra.layout import default_ring
-from algebra.network import Network
-from numeric import (KernelOperator, MemoryBudgetError, NetworkModule, NotAffineError,
+from laurentnet.algebra import ConvOperator
+from laurentnet.algebra.layout import default_ring
+from laurentnet.algebra.network import Network
+from laurentnet.numeric import (KernelOperator, MemoryBudgetError, NetworkModule, NotAffineError,
                      OperatorEvaluator, block_diag, collapse_numeric, conv_direct, conv_fft,
                      estimate_costs, extract_affine, implicit_solve, network_forward,
                      polymatmul, vstack)
-from numeric.network_collapse import NumericBackend
+from laurentnet.numeric.network_collapse import NumericBackend
 
 K = KernelOperator
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from algebra import ConvOperator
-from numeric.kernels import KernelOperator, block_diag, polymatmul, vstack
-from numeric.memory import MemoryBudgetError
+from laurentnet.algebra import ConvOperator
+from laurentnet.numeric.kernels import KernelOperator, block_diag, polymatmul, vstack
+from laurentnet.numeric.memory import MemoryBudgetError
 
 CONV = {1: F.conv1d, 2: F.conv2d}
 FAST = settings(max_examples=25, deadline=None)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
 
-from algebra import Network, collapse
-from numeric.kernels import KernelOperator
-from numeric.network_collapse import collapse_numeric
-from numeric.network_torch import network_forward
+from laurentnet.algebra import Network, collapse
+from laurentnet.numeric.kernels import KernelOperator
+from laurentnet.numeric.network_collapse import collapse_numeric
+from laurentnet.numeric.network_torch import network_forward
 
 
 @st.composite
@@ -112,8 +112,8 @@ def test_64_channel_classifier_affine_map_against_torch_and_exact(mode):
     """A 64-channel classifier (stem, strided conv, residual block, BN, global pooling,
     linear): the VJP affine map equals torch layer by layer on random inputs, and on a small
     variant the exact affine map (index sums over QQ) to float64 round-off."""
-    from algebra import collapse_affine
-    from numeric.network_collapse import affine_numeric
+    from laurentnet.algebra import collapse_affine
+    from laurentnet.numeric.network_collapse import affine_numeric
 
     def classifier(channels: int, rng: np.random.Generator) -> Network:
         net = Network(2, 1)

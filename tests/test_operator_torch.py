@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
 
-from algebra import ConvOperator, apply_operator, block_diag, hstack, vstack
+from laurentnet.algebra import ConvOperator, apply_operator, block_diag, hstack, vstack
 from strategies import (ConvSpec, as_float, assert_close, assert_exact, budget,
                         circular_chains, circular_specs, conv_specs, int_arrays, normal_arrays,
                         torch_conv, torch_conv_circular, torch_conv_transpose, valid_chains,

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from bridge.cli import main
+from laurentnet.bridge.cli import main
 
 
 def test_algebra_imports_no_torch():
-    code = "import sys, algebra; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, laurentnet.algebra; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -39,6 +39,6 @@ def test_demo_json_report_is_exact_and_within_tolerance(capsys):
     assert report["total_stride"] == [4, 4]
 
 
-def test_python_dash_m_bridge_runs_the_cli():
-    out = subprocess.run([sys.executable, "-m", "bridge", "--help"], capture_output=True, text=True)
+def test_python_dash_m_laurentnet_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "laurentnet", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout

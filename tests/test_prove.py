@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from algebra import (LIBRARY, Certificate, ConvOperator, Counterexample, Network, collapse,
+from laurentnet.algebra import (LIBRARY, Certificate, ConvOperator, Counterexample, Network, collapse,
                      prove, prove_collapse)
 from network_strategies import build_network, linear_networks
 

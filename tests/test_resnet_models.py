@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bridge.models import (PADDING_MODES, BasicBlock, ResNet, calibrate_batchnorm_,
+from laurentnet.bridge.models import (PADDING_MODES, BasicBlock, ResNet, calibrate_batchnorm_,
                            randomize_batchnorm_, remove_zero_skips_, resnet18, resnet34,
                            resnet_tiny, set_skip_weight_)
 

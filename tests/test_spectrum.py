@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from numeric.kernels import KernelOperator
-from numeric.memory import MemoryBudgetError
-from numeric.spectrum import (implicit_solve, lipschitz_bound, operator_norm, singular_values,
+from laurentnet.numeric.kernels import KernelOperator
+from laurentnet.numeric.memory import MemoryBudgetError
+from laurentnet.numeric.spectrum import (implicit_solve, lipschitz_bound, operator_norm, singular_values,
                               symbol)
 
 CONV = {1: F.conv1d, 2: F.conv2d}

@@ -7,7 +7,7 @@ import sympy
 from hypothesis import given, settings, strategies as st
 from sympy.polys.domains import QQ
 
-from algebra import (ConvOperator, LaurentRing, apply_operator, block_diag, hstack,
+from laurentnet.algebra import (ConvOperator, LaurentRing, apply_operator, block_diag, hstack,
                      laurent_ring, vstack)
 from strategies import ConvSpec, assert_exact, budget, torch_conv, valid_chains
 

@@ -1,0 +1,21 @@
+"""laurentnet — convolutional networks as matrices of Laurent polynomials.
+
+Three subpackages, imported on demand (this module imports none of them, so
+``import laurentnet.algebra`` never pulls in torch):
+
+* :mod:`laurentnet.algebra` — the exact side (sympy only): Laurent polynomials, convolution
+  operators, networks, collapse with exact regions, exact affine maps, proofs;
+* :mod:`laurentnet.numeric` — the same algebra in floating point at real widths (torch);
+* :mod:`laurentnet.bridge` — PyTorch models and checkpoints in and out, the command line.
+
+This folder (``bridge/package_root/`` in the repository) is the top-level package itself:
+setuptools maps it to ``laurentnet`` and the three folders to its subpackages.
+"""
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("laurentnet")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]
