@@ -10,6 +10,8 @@ Never imports torch.  Public API:
 * :func:`apply_operator` — exact application to a finite (or periodic) signal;
 * :func:`exact_rational` — floats to rationals without rounding.
 """
+from .errors import LaurentnetError
+from .channels import ChannelIndexError
 from .exact import exact_rational, round_rational, to_domain
 from .laurent import LaurentPoly, LaurentRing, laurent_ring
 from .layout import TorchLayout, default_ring, operator_from_weight, operator_to_weight
@@ -18,7 +20,7 @@ from .signal import apply_operator, signal_to_polys
 from .symbolic_weights import symbolic_operator, weight_symbols
 
 __all__ = [
-    "LaurentRing", "LaurentPoly", "laurent_ring", "ConvOperator", "block_diag", "vstack",
+    "LaurentnetError", "ChannelIndexError", "LaurentRing", "LaurentPoly", "laurent_ring", "ConvOperator", "block_diag", "vstack",
     "hstack", "TorchLayout", "operator_from_weight", "operator_to_weight", "default_ring",
     "apply_operator", "signal_to_polys", "exact_rational", "round_rational", "to_domain",
     "symbolic_operator",

@@ -218,9 +218,10 @@ class AffineMap:
 
     def apply(self, x: Any) -> np.ndarray:
         """Exact ``W x + B`` for one input of ``input_shape`` (object array, output shape)."""
+        if tuple(np.shape(x)) != tuple(self.input_shape):
+            raise ValueError(f"expected one input of shape {self.input_shape}, got "
+                             f"{tuple(np.shape(x))} (call the map itself on a batch)")
         flat = np.asarray(x, dtype=object).reshape(-1)
-        if flat.size != self.W.shape[1]:
-            raise ValueError(f"expected an input of shape {self.input_shape}")
         dom = self.domain
         values = [to_domain(v, dom) for v in flat]
         out = []
@@ -231,6 +232,24 @@ class AffineMap:
                 acc += v * values[c]
             out.append(dom.to_sympy(acc))
         return np.array(out, dtype=object).reshape(self.output_shape)
+
+    def __call__(self, X: Any) -> np.ndarray:
+        """Exact ``W x + B`` for every input of a batch ``(N, *input_shape)``: an object array
+        ``(N, *output_shape)`` (the twin of :class:`laurentnet.numeric.AffineMap`'s call)."""
+        batch = np.asarray(X, dtype=object)
+        if batch.shape[1:] != tuple(self.input_shape):
+            raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {batch.shape}")
+        return np.stack([self.apply(x) for x in batch]) if len(batch) else \
+            np.empty((0, *self.output_shape), dtype=object)
+
+    @property
+    def n_in(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.W.shape[0]
 
     def nnz(self) -> int:
         return sum(len(r) for r in self.W.rep.to_dod().values())

@@ -31,6 +31,7 @@ from .memory import check_budget, estimate_bytes
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                       Input, Linear, Network, Shape, Split)
 from .operator import ConvOperator, vstack
+from .protocols import CollapseBackend
 from .regions import Extent, TapPattern, merge_add, merge_concat, propagate
 from .signal import apply_operator
 
@@ -117,7 +118,7 @@ class CollapseResult:
     def describe(self) -> str:
         op = self.operator
         kernel = "x".join(map(str, op.kernel_size))
-        upsample = getattr(op, "upsample", ())
+        upsample = op.upsample
         head = (f"{op.out_channels}x{op.in_channels} operator, kernel {kernel}, stride "
                 f"{op.stride}" + (f", up-sampling {upsample}" if any(u > 1 for u in upsample) else ""))
         return f"{head}; {self.where()}"
@@ -127,9 +128,9 @@ class CollapseResult:
 
 
 class AlgebraBackend:
-    """How :func:`collapse_walk` makes and combines exact operators (:class:`ConvOperator`).
-    A backend provides ``identity``, ``node_operator``, ``combine`` (weighted sums),
-    ``vstack``, ``tap_pattern`` and ``bias_mask``; :mod:`numeric` provides one for float arrays."""
+    """The exact :class:`~laurentnet.algebra.protocols.CollapseBackend`: makes and combines
+    :class:`ConvOperator` layers for :func:`collapse_walk` (:mod:`laurentnet.numeric` has
+    the float twin)."""
 
     def __init__(self, network: Network):
         self.ring = network.ring()
@@ -169,13 +170,15 @@ def _padding_rule(node: Any) -> str:
 
 @dataclass
 class WalkResult:
+    """What :func:`collapse_walk` found: the collapsed operator (of the backend's twin), the
+    shape of every node, the exact region over the output positions, and the semantics."""
     operator: Any
     shapes: dict[str, Shape]
     region: np.ndarray
     periodic: bool
 
 
-def collapse_walk(network: Network, input_shape: Sequence[int], backend: Any,
+def collapse_walk(network: Network, input_shape: Sequence[int], backend: CollapseBackend,
                   periodic: bool | None = None) -> WalkResult:
     """Compose every node's operator along the DAG (``backend`` makes them) and propagate
     the exact region (see the module docstring)."""
@@ -232,7 +235,7 @@ def collapse_walk(network: Network, input_shape: Sequence[int], backend: Any,
                                    src.support[rows], biased)
         else:
             extents[name] = propagate(parents[0], backend.tap_pattern(local), tuple(local.stride),
-                                      tuple(getattr(local, "upsample", (1,) * len(window))),
+                                      tuple(local.upsample),
                                       window, _padding_rule(node), biased, shape[0])
     out = network.output_name
     if len(shapes[out]) != network.ndim + 1:

@@ -18,7 +18,8 @@ from sympy import Expr, Rational as SymRational
 from sympy.polys.domains.domain import Domain
 from sympy.polys.polyerrors import CoercionFailed, GeneratorsError, PolynomialError
 
-__all__ = ["exact_rational", "exact_sympy", "to_domain", "round_rational"]
+__all__ = ["exact_rational", "exact_sympy", "to_domain", "round_rational", "as_array",
+           "check_finite"]
 
 
 def exact_rational(value: Any) -> SymRational:
@@ -130,3 +131,21 @@ def round_rational(value: Fraction | SymRational, dtype: Any) -> Any:
     if not np.isfinite(result):
         raise ValueError(f"{float(value):.6g} overflows {dtype}")
     return result
+
+
+def as_array(value: Any) -> np.ndarray:
+    """A numpy view of a numpy array, nested list, or CPU tensor (without importing torch:
+    anything with ``.detach()`` is read through ``.numpy()``; bfloat16 widens exactly)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if getattr(value, "dtype", None) is not None and "bfloat16" in str(value.dtype):
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Refuse NaN/Inf entries of a float or complex array, naming ``what`` and the index."""
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise ValueError(f"{what} has a non-finite value {array[tuple(bad)]} at index {tuple(bad)}")

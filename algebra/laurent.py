@@ -27,12 +27,12 @@ from sympy.polys.rings import PolyElement, PolyRing
 
 from .exact import to_domain
 
-__all__ = ["LaurentRing", "LaurentPoly", "laurent_ring"]
+__all__ = ["LaurentRing", "LaurentPoly", "laurent_ring", "per_axis"]
 
 Monomial = tuple[int, ...]
 
 
-def _as_axis_tuple(value: int | Sequence[int], ngens: int, name: str) -> tuple[int, ...]:
+def per_axis(value: int | Sequence[int], ngens: int, name: str) -> tuple[int, ...]:
     """Broadcast an int to one value per axis, or check a per-axis sequence's length."""
     if isinstance(value, (int, np.integer)):
         return (int(value),) * ngens
@@ -105,7 +105,7 @@ class LaurentRing:
 
     def monomial(self, exponents: int | Sequence[int], coefficient: Any = 1) -> "LaurentPoly":
         """``coefficient * z^exponents``."""
-        exponents = _as_axis_tuple(exponents, self.ngens, "exponents")
+        exponents = per_axis(exponents, self.ngens, "exponents")
         return self.from_dict({exponents: coefficient})
 
     def from_dict(self, terms: Mapping[Sequence[int], Any]) -> "LaurentPoly":
@@ -136,7 +136,7 @@ class LaurentRing:
         array = np.asarray(coefficients)
         if array.ndim != self.ngens:
             raise ValueError(f"array has {array.ndim} axes, the ring has {self.ngens} variables")
-        origin = _as_axis_tuple(origin, self.ngens, "origin")
+        origin = per_axis(origin, self.ngens, "origin")
         terms = {}
         for index in np.ndindex(array.shape):
             value = array[index]
@@ -224,7 +224,7 @@ class LaurentPoly:
 
     def coeff(self, exponents: int | Sequence[int]) -> Any:
         """The coefficient of ``z^exponents`` (a domain element, zero if absent)."""
-        e = _as_axis_tuple(exponents, self.ring.ngens, "exponents")
+        e = per_axis(exponents, self.ring.ngens, "exponents")
         m = tuple(a - o for a, o in zip(e, self.offset))
         if any(x < 0 for x in m):
             return self.ring.domain.zero
@@ -390,7 +390,7 @@ class LaurentPoly:
     # -- maps of the variables ------------------------------------------------------------
     def subs_power(self, powers: int | Sequence[int]) -> "LaurentPoly":
         """``f(z1^s1, ..., zn^sn)`` for integer powers ``s`` (``s = -1`` reflects an axis)."""
-        powers = _as_axis_tuple(powers, self.ring.ngens, "powers")
+        powers = per_axis(powers, self.ring.ngens, "powers")
         if all(p == 1 for p in powers):
             return self
         if any(p == 0 for p in powers):
@@ -404,7 +404,7 @@ class LaurentPoly:
 
     def shift(self, exponents: int | Sequence[int]) -> "LaurentPoly":
         """``z^exponents * f(z)``."""
-        e = _as_axis_tuple(exponents, self.ring.ngens, "exponents")
+        e = per_axis(exponents, self.ring.ngens, "exponents")
         if not self.poly:
             return self
         return LaurentPoly(self.ring, self.poly, tuple(a + b for a, b in zip(self.offset, e)))
@@ -413,8 +413,8 @@ class LaurentPoly:
                    ) -> "LaurentPoly":
         """Polyphase component ``f_r(z) = sum_j c_{s*j + r} z^j`` (``r = phase``, ``s = factors``);
         ``phase = 0`` is plain down-sampling ``down_s f``.  ``f(z) = sum_r z^r f_r(z^s)``."""
-        s = _as_axis_tuple(factors, self.ring.ngens, "factors")
-        r = _as_axis_tuple(phase, self.ring.ngens, "phase")
+        s = per_axis(factors, self.ring.ngens, "factors")
+        r = per_axis(phase, self.ring.ngens, "phase")
         if any(x <= 0 for x in s):
             raise ValueError(f"down-sampling factors must be positive, got {s}")
         return self.ring.from_dict({tuple((a - b) // f for a, b, f in zip(e, r, s)): c
@@ -423,13 +423,13 @@ class LaurentPoly:
 
     def polyphase(self, factors: int | Sequence[int]) -> dict[Monomial, "LaurentPoly"]:
         """All polyphase components ``{r: f_r}`` for ``0 <= r_i < s_i``."""
-        s = _as_axis_tuple(factors, self.ring.ngens, "factors")
+        s = per_axis(factors, self.ring.ngens, "factors")
         return {r: self.downsample(s, r) for r in np.ndindex(*s)}
 
     def mod_circular(self, periods: int | Sequence[int]) -> "LaurentPoly":
         """The remainder modulo ``(z1^n1 - 1, ..., zk^nk - 1)``: exponents reduced into
         ``[0, n_i)``.  This is circular (periodic) convolution on an ``n``-periodic grid."""
-        n = _as_axis_tuple(periods, self.ring.ngens, "periods")
+        n = per_axis(periods, self.ring.ngens, "periods")
         if any(x <= 0 for x in n):
             raise ValueError(f"periods must be positive, got {n}")
         terms: dict[Monomial, Any] = {}

@@ -24,8 +24,8 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
-from .exact import round_rational, to_domain
-from .laurent import LaurentRing, _as_axis_tuple
+from .exact import as_array, check_finite, round_rational, to_domain
+from .laurent import LaurentRing, per_axis
 from .operator import ConvOperator
 
 __all__ = ["TorchLayout", "operator_from_weight", "operator_to_weight", "default_ring",
@@ -46,22 +46,6 @@ def same_padding(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[i
     return tuple(d * (k - 1) // 2 for k, d in zip(kernel_size, dilation))
 
 
-def _as_array(value: Any) -> np.ndarray:
-    """A numpy view of a numpy array, nested list, or CPU tensor (without importing torch)."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-        if getattr(value, "dtype", None) is not None and "bfloat16" in str(value.dtype):
-            value = value.float()
-        value = value.numpy()
-    return np.asarray(value)
-
-
-def _check_finite(array: np.ndarray, what: str) -> None:
-    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
-        bad = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(f"{what} has a non-finite value {array[tuple(bad)]} at index {tuple(bad)}")
-
-
 def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequence[int] = 1,
                          padding: int | Sequence[int] | str = 0,
                          dilation: int | Sequence[int] = 1, groups: int = 1,
@@ -71,10 +55,10 @@ def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequenc
     ``(C_out, C_in/g, *k)``) or transposed convolution (``transposed=True``: weight
     ``(C_in, C_out/g, *k)``).  Floats become exact rationals over ``QQ``; ``padding`` may be
     an int, a tuple, ``'valid'`` or (stride 1) ``'same'``."""
-    w = _as_array(weight)
+    w = as_array(weight)
     if w.ndim < 3 or w.ndim > 5:
         raise ValueError(f"weight must have 3, 4 or 5 axes (out, in/groups, *kernel), got shape {w.shape}")
-    _check_finite(w, "weight")
+    check_finite(w, "weight")
     if w.size == 0:
         raise ValueError(f"weight is empty (shape {w.shape})")
     ndim = w.ndim - 2
@@ -82,8 +66,8 @@ def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequenc
         ring = default_ring(ndim, domain)
     elif ring.ngens != ndim:
         raise ValueError(f"a {ndim}-D weight needs a ring with {ndim} variables, got {ring}")
-    stride = _as_axis_tuple(stride, ndim, "stride")
-    dilation = _as_axis_tuple(dilation, ndim, "dilation")
+    stride = per_axis(stride, ndim, "stride")
+    dilation = per_axis(dilation, ndim, "dilation")
     kernel = w.shape[2:]
     if isinstance(padding, str):
         if padding == "valid":
@@ -94,7 +78,7 @@ def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequenc
             padding = same_padding(kernel, dilation)
         else:
             raise ValueError(f"padding must be an int, a tuple, 'valid' or 'same', got {padding!r}")
-    padding = _as_axis_tuple(padding, ndim, "padding")
+    padding = per_axis(padding, ndim, "padding")
     if any(p < 0 for p in padding) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
         raise ValueError(f"need padding >= 0, stride >= 1, dilation >= 1; got {padding}, {stride}, {dilation}")
     if groups < 1 or w.shape[0] % groups:
@@ -125,10 +109,10 @@ def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequenc
                for c in range(c_in)] for o in range(c_out)]
     bias_values = None
     if bias is not None:
-        b = _as_array(bias)
+        b = as_array(bias)
         if b.shape != (c_out,):
             raise ValueError(f"bias must have shape ({c_out},), got {b.shape}")
-        _check_finite(b, "bias")
+        check_finite(b, "bias")
         bias_values = [to_domain(v, dom) for v in b.tolist()] if b.dtype != object else \
             [to_domain(v, dom) for v in b]
     if transposed:
@@ -172,7 +156,7 @@ def operator_to_weight(op: ConvOperator, *, groups: int = 1, dilation: int | Seq
     ``groups``/``dilation`` ask for that structure and raise if the kernel lacks it.
     ``dtype=object`` returns exact sympy numbers."""
     ndim = op.ndim
-    dilation = _as_axis_tuple(dilation, ndim, "dilation")
+    dilation = per_axis(dilation, ndim, "dilation")
     if any(d < 1 for d in dilation):
         raise ValueError(f"dilation must be >= 1, got {dilation}")
     strided = any(s != 1 for s in op.stride)

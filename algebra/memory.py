@@ -14,12 +14,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import LaurentnetError
+
 __all__ = ["MemoryBudgetError", "memory_budget", "estimate_bytes", "check_budget", "format_bytes"]
 
 _SUFFIXES = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-class MemoryBudgetError(MemoryError):
+class MemoryBudgetError(LaurentnetError, MemoryError):
     """Raised when an estimated allocation exceeds the memory budget."""
 
     def __init__(self, what: str, estimate: int, budget: int):

@@ -25,9 +25,9 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
-from .exact import exact_rational, exact_sympy, to_domain
-from .laurent import LaurentRing, _as_axis_tuple
-from .layout import _as_array, _check_finite, default_ring, operator_from_weight
+from .exact import as_array, check_finite, exact_rational, exact_sympy, to_domain
+from .laurent import LaurentRing, per_axis
+from .layout import default_ring, operator_from_weight
 from .operator import ConvOperator
 
 __all__ = ["Network", "Value", "Node", "Input", "Conv", "ConvTranspose", "ChannelAffine",
@@ -79,7 +79,7 @@ def _axis_ints(value: Any, ndim: int, what: str, minimum: int) -> tuple[int, ...
         raise TypeError(f"{what} must be an int or one int per axis, got {value!r}") from None
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
         raise TypeError(f"{what} must be an int or one int per axis, got {value!r}")
-    return _positive(_as_axis_tuple(value, ndim, what), what, minimum)
+    return _positive(per_axis(value, ndim, what), what, minimum)
 
 
 def _check_values(values: Sequence[Any], what: str) -> None:
@@ -93,12 +93,12 @@ def _check_values(values: Sequence[Any], what: str) -> None:
 
 def _exact_array(values: Any, what: str) -> np.ndarray:
     """A numpy array of exact entries (floats kept as floats, converted later exactly)."""
-    array = _as_array(values)
+    array = as_array(values)
     if array.dtype.kind == "c":
         raise TypeError(f"{what} is complex: only real weights are supported")
     if array.dtype.kind in "USV":
         raise TypeError(f"{what} must hold numbers, got dtype {array.dtype}")
-    _check_finite(array, what)
+    check_finite(array, what)
     if array.dtype == object:
         _check_values(array.flat, what)
     if array.size == 0:
@@ -549,7 +549,7 @@ class Network:
         if padding is None:
             right = left
         else:
-            right = _as_axis_tuple(padding, self.ndim, "padding")
+            right = per_axis(padding, self.ndim, "padding")
         self._extra_domains.append(op.ring.domain)
         return self.conv(x, layout.weight, layout.bias, stride=layout.stride,
                          padding=tuple(zip(left, right)), padding_mode=padding_mode, name=name)

@@ -30,8 +30,9 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
+from .channels import channel_index
 from .exact import exact_sympy, to_domain
-from .laurent import LaurentPoly, LaurentRing, _as_axis_tuple
+from .laurent import LaurentPoly, LaurentRing, per_axis
 
 __all__ = ["ConvOperator", "block_diag", "vstack", "hstack"]
 
@@ -88,8 +89,8 @@ class ConvOperator:
             raise ValueError("the kernel matrix is ragged: every row needs C_in entries")
         self.ring = ring
         self.matrix: Matrix = rows
-        self.stride = _as_axis_tuple(stride, ring.ngens, "stride")
-        self.upsample = _as_axis_tuple(upsample, ring.ngens, "upsample")
+        self.stride = per_axis(stride, ring.ngens, "stride")
+        self.upsample = per_axis(upsample, ring.ngens, "upsample")
         if any(s <= 0 for s in self.stride) or any(u <= 0 for u in self.upsample):
             raise ValueError(f"stride and upsample must be positive, got {self.stride}, {self.upsample}")
         if bias is None:
@@ -314,16 +315,12 @@ class ConvOperator:
 
     def __getitem__(self, rows: int | slice | Sequence[int]) -> "ConvOperator":
         """A channel split: the operator onto the selected output channels."""
-        if isinstance(rows, int):
-            rows = [rows]
-        index = list(range(self.out_channels))[rows] if isinstance(rows, slice) else list(rows)
-        if not index:
-            raise ValueError("a channel split must keep at least one channel")
+        index = channel_index(rows, self.out_channels, "output channel")
         return self._replace([self.matrix[i] for i in index], bias=[self.bias[i] for i in index])
 
-    def columns(self, cols: slice | Sequence[int]) -> "ConvOperator":
-        """The operator restricted to the selected input channels."""
-        index = list(range(self.in_channels))[cols] if isinstance(cols, slice) else list(cols)
+    def columns(self, cols: int | slice | Sequence[int]) -> "ConvOperator":
+        """The operator restricted to the selected input channels (bias kept)."""
+        index = channel_index(cols, self.in_channels, "input channel")
         return self._replace([[row[j] for j in index] for row in self.matrix])
 
     # -- evaluation -----------------------------------------------------------------------

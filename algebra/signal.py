@@ -17,7 +17,7 @@ import numpy as np
 import sympy
 from sympy.polys.domains import QQ
 
-from .laurent import LaurentPoly, _as_axis_tuple
+from .laurent import LaurentPoly, per_axis
 from .operator import ConvOperator
 
 __all__ = ["signal_to_polys", "apply_operator"]
@@ -80,7 +80,7 @@ def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | No
                              f"divide the size {n}")
         rows = [r.mod_circular(n) for r in rows]
         out = tuple(size // s for size, s in zip(n, op.stride))
-        if out_shape is not None and _as_axis_tuple(out_shape, op.ndim, "out_shape") != out:
+        if out_shape is not None and per_axis(out_shape, op.ndim, "out_shape") != out:
             raise ValueError(f"a periodic output has the shape n / stride = {out}, "
                              f"not {out_shape}")
     elif out_shape is None:
@@ -88,7 +88,7 @@ def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | No
         high = tuple(max(col) for col in zip(*highs)) if highs else (0,) * op.ndim
         out = tuple(max(h, 0) // s + 1 for h, s in zip(high, op.stride))
     else:
-        out = _as_axis_tuple(out_shape, op.ndim, "out_shape")
+        out = per_axis(out_shape, op.ndim, "out_shape")
     to_sympy = op.ring.domain.to_sympy
     y = np.empty((op.out_channels, *out), dtype=object)
     for o, r in enumerate(rows):

@@ -14,7 +14,7 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
-from .laurent import LaurentRing, _as_axis_tuple
+from .laurent import LaurentRing, per_axis
 from .layout import default_ring, operator_from_weight
 from .operator import ConvOperator
 
@@ -40,7 +40,7 @@ def symbolic_operator(name: str, out_channels: int, in_channels: int,
     if ndim is None:
         ndim = ring.ngens if ring is not None else \
             (1 if isinstance(kernel_size, int) else len(kernel_size))
-    kernel = _as_axis_tuple(kernel_size, ndim, "kernel_size")
+    kernel = per_axis(kernel_size, ndim, "kernel_size")
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"groups={groups} must divide both channel counts")
     weights = weight_symbols(name, (out_channels, in_channels // groups, *kernel))

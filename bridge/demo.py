@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from ..algebra import Network, collapse, prove_collapse
-from ..numeric.network_torch import NetworkModule
+from ..numeric import DirectConv, KernelOperator, NetworkModule
 
-from .torch_conv import PeriodicConv
 
 __all__ = ["DemoReport", "demo_network", "run_demo", "load_digits_images"]
 
@@ -136,7 +135,8 @@ def run_demo(seed: int = 0, channels: int = 8, repeats: int = 7, tolerance: floa
     proof = prove_collapse(net, shape)
 
     layerwise = NetworkModule(net)
-    collapsed = PeriodicConv(result.operator, shape[1:])
+    # y = down_s((K X) mod (z^n - 1)) + b: one circular convolution of the folded kernel
+    collapsed = DirectConv(KernelOperator.from_algebra(result.operator), shape[1:], "circular")
     with torch.inference_mode():
         reference = layerwise(images)
         prediction = collapsed(images)

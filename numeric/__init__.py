@@ -2,7 +2,8 @@
 from .memory import MemoryBudgetError, check_budget, estimate_bytes, memory_budget
 
 from .affine import AffineMap, AffineModule, NotAffineError, check_affine, extract_affine
-from .kernels import KernelOperator, TorchConv, block_diag, polymatmul, vstack
+from .kernels import KernelOperator, block_diag, vstack
+from .polymatmul import polymatmul
 from .spectrum import (LipschitzBound, fft_multiplier, implicit_solve, lipschitz_bound,
                        operator_norm, singular_values, symbol)
 from .cost import CostReport, Machine, MethodCost, estimate_costs
@@ -13,7 +14,7 @@ from .network_collapse import NumericCollapse, affine_numeric, collapse_numeric
 __all__ = [
     "MemoryBudgetError", "check_budget", "estimate_bytes", "memory_budget",
     "AffineMap", "AffineModule", "NotAffineError", "check_affine", "extract_affine",
-    "KernelOperator", "TorchConv", "block_diag", "polymatmul", "vstack",
+    "KernelOperator", "block_diag", "polymatmul", "vstack",
     "LipschitzBound", "fft_multiplier", "implicit_solve", "lipschitz_bound", "operator_norm",
     "singular_values", "symbol",
     "CostReport", "Machine", "MethodCost", "estimate_costs",

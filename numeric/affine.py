@@ -1,7 +1,7 @@
 """Fixed-size affine-map extraction: any affine torch callable as ``f(X) = W X + B``.
 
 For an *affine* ``f`` (convolutions, skips, eval-mode batch norm, average pooling, linear
-layers, ... and no nonlinearity) mapping a batch ``(N, *in_shape) -> (N, *out_shape)``,
+layers, ... and no nonlinearity) mapping a batch ``(N, *input_shape) -> (N, *output_shape)``,
 
     f(x) = W x + B,   W ∈ R^{n_out × n_in},  B = f(0) ∈ R^{n_out},
 
@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..algebra.errors import LaurentnetError
 from .inputs import as_real_tensor
 from .gemm_conv import GemmConvMode, eval_batch_norm, gemm_conv2d
 from .memory import check_budget, estimate_bytes, format_bytes
@@ -67,7 +68,7 @@ _NONLINEAR_TYPES: tuple[type, ...] = (
 )
 
 
-class NotAffineError(ValueError):
+class NotAffineError(LaurentnetError, ValueError):
     """``f`` failed the affinity test ``f(a x + b y) = a f(x) + b f(y) - (a + b - 1) f(0)``."""
 
 
@@ -75,30 +76,20 @@ class NotAffineError(ValueError):
 class AffineMap:
     """``f(X) = W X + B`` on flattened inputs, with how it was found.
 
-    ``W``: (n_out, n_in); ``B``: (n_out,); ``in_shape``/``out_shape`` exclude the batch.
+    ``W``: (n_out, n_in); ``B``: (n_out,); ``input_shape``/``output_shape`` exclude the batch.
     ``passes``: batched evaluations of the network (forward, backward or tangent) used;
     ``chunks``: how many of them carried unit vectors; ``seconds``: wall time.
     """
 
     W: torch.Tensor
     B: torch.Tensor
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
     method: str
     passes: int
     chunks: int
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """``in_shape``, under the name :class:`algebra.AffineMap` uses."""
-        return self.in_shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        """``out_shape``, under the name :class:`algebra.AffineMap` uses."""
-        return self.out_shape
 
     @property
     def n_in(self) -> int:
@@ -109,40 +100,49 @@ class AffineMap:
         return self.W.shape[0]
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
-        """Apply to a batch: ``X (N, *in_shape) -> X_flat @ W^T + B -> (N, *out_shape)``."""
-        return apply_affine(self.W, self.B, X, self.out_shape, self.in_shape)
+        """Apply to a batch: ``X (N, *input_shape) -> X_flat @ W^T + B -> (N, *output_shape)``."""
+        return apply_affine(self.W, self.B, X, self.output_shape, self.input_shape)
+
+    def apply(self, x: Any) -> torch.Tensor:
+        """Apply to one input of ``input_shape`` (the twin of
+        :meth:`laurentnet.algebra.AffineMap.apply`): ``self(x[None])[0]``."""
+        x = as_real_tensor(x, "the input")
+        if tuple(x.shape) != tuple(self.input_shape):
+            raise ValueError(f"expected one input of shape {self.input_shape}, got "
+                             f"{tuple(x.shape)} (call the map itself on a batch)")
+        return self(x[None])[0]
 
     def to(self, dtype: torch.dtype | None = None, device: Any = None) -> "AffineMap":
         """A copy with ``W`` and ``B`` converted (e.g. to float32 for deployment)."""
         W, B = self.W.to(device=device, dtype=dtype), self.B.to(device=device, dtype=dtype)
         return AffineMap(W, B,
-                         self.in_shape, self.out_shape, self.method, self.passes, self.chunks,
+                         self.input_shape, self.output_shape, self.method, self.passes, self.chunks,
                          self.seconds, dict(self.info))
 
     def to_module(self, dtype: torch.dtype | None = torch.float32) -> "AffineModule":
         """An ``nn.Module`` computing the map (weights cast to ``dtype``; None keeps them)."""
-        return AffineModule(self.W, self.B, self.in_shape, self.out_shape, dtype=dtype)
+        return AffineModule(self.W, self.B, self.input_shape, self.output_shape, dtype=dtype)
 
 
 def apply_affine(W: torch.Tensor, B: torch.Tensor, X: Any,
-                 out_shape: Sequence[int] | None = None,
-                 in_shape: Sequence[int] | None = None) -> torch.Tensor:
-    """``Y = X_flat W^T + B`` (one GEMM: ``addmm``), reshaped to ``(N, *out_shape)``.
+                 output_shape: Sequence[int] | None = None,
+                 input_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """``Y = X_flat W^T + B`` (one GEMM: ``addmm``), reshaped to ``(N, *output_shape)``.
 
     ``X`` may be a tensor or an array (numpy); it is cast to ``W``'s dtype and device.
-    Given ``in_shape``, ``X`` must have shape ``(N, *in_shape)`` exactly."""
+    Given ``input_shape``, ``X`` must have shape ``(N, *input_shape)`` exactly."""
     X = as_real_tensor(X, "the input")
-    if in_shape is not None:
-        if X.dim() == 0 or tuple(X.shape[1:]) != tuple(in_shape):
+    if input_shape is not None:
+        if X.dim() == 0 or tuple(X.shape[1:]) != tuple(input_shape):
             raise ValueError(f"input of shape {tuple(X.shape)}: expected (batch, "
-                             f"{', '.join(map(str, in_shape))})")
+                             f"{', '.join(map(str, input_shape))})")
     elif X.dim() == 0 or X[0].numel() != W.shape[1]:
         raise ValueError(f"input of shape {tuple(X.shape)} does not flatten to batches of "
                          f"{W.shape[1]} (the map's input size)")
     if X.dtype != W.dtype or X.device != W.device:
         X = X.to(dtype=W.dtype, device=W.device)
     Y = torch.addmm(B, X.reshape(X.shape[0], W.shape[1]), W.t())
-    return Y if out_shape is None else Y.reshape(X.shape[0], *out_shape)
+    return Y if output_shape is None else Y.reshape(X.shape[0], *output_shape)
 
 
 class AffineModule(nn.Module):
@@ -152,19 +152,19 @@ class AffineModule(nn.Module):
     loads with plain torch; the shapes are constructor arguments.
     """
 
-    def __init__(self, W: torch.Tensor, B: torch.Tensor, in_shape: Sequence[int],
-                 out_shape: Sequence[int], dtype: torch.dtype | None = torch.float32):
+    def __init__(self, W: torch.Tensor, B: torch.Tensor, input_shape: Sequence[int],
+                 output_shape: Sequence[int], dtype: torch.dtype | None = torch.float32):
         super().__init__()
         dt = W.dtype if dtype is None else dtype
         self.weight = nn.Parameter(W.detach().to(dt).clone(), requires_grad=False)
         self.bias = nn.Parameter(B.detach().to(dt).clone(), requires_grad=False)
-        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return apply_affine(self.weight, self.bias, X, self.out_shape, self.in_shape)
+        return apply_affine(self.weight, self.bias, X, self.output_shape, self.input_shape)
 
     def extra_repr(self) -> str:
-        return f"in_shape={self.in_shape}, out_shape={self.out_shape}, dtype={self.weight.dtype}"
+        return f"input_shape={self.input_shape}, output_shape={self.output_shape}, dtype={self.weight.dtype}"
 
 
 #: float64 (or other dtype) copies of module weights, reused across extractions of the same
@@ -243,7 +243,7 @@ def _nonlinear_modules(f: Any) -> list[str]:
 
 
 @torch.no_grad()
-def check_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Sequence[int], *,
+def check_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, input_shape: Sequence[int], *,
                  dtype: torch.dtype = torch.float64, device: Any = None, samples: int = 2,
                  rtol: float | None = None, generator: torch.Generator | None = None) -> float:
     """Test ``f(a x + b y) = a f(x) + b f(y) - (a + b - 1) f(0)`` on random ``x, y, a, b``.
@@ -254,15 +254,15 @@ def check_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape
     :class:`NotAffineError` when it exceeds ``rtol`` (default ``sqrt(eps)`` of ``dtype``,
     far above the round-off of a deep affine network, far below a ReLU's effect).
     """
-    in_shape = tuple(int(s) for s in in_shape)
+    input_shape = tuple(int(s) for s in input_shape)
     fn = as_function(f, dtype, device)
     tol = math.sqrt(torch.finfo(dtype).eps) if rtol is None else float(rtol)
     g = generator if generator is not None else torch.Generator().manual_seed(20240807)
-    x = torch.randn(samples, *in_shape, generator=g, dtype=dtype).to(device)
-    y = torch.randn(samples, *in_shape, generator=g, dtype=dtype).to(device)
+    x = torch.randn(samples, *input_shape, generator=g, dtype=dtype).to(device)
+    y = torch.randn(samples, *input_shape, generator=g, dtype=dtype).to(device)
     ab = (0.5 + 1.5 * torch.rand(2, samples, generator=g, dtype=dtype)).to(device)
-    a, b = (v.reshape(samples, *([1] * len(in_shape))) for v in ab)
-    zero = torch.zeros(1, *in_shape, dtype=dtype, device=device)
+    a, b = (v.reshape(samples, *([1] * len(input_shape))) for v in ab)
+    zero = torch.zeros(1, *input_shape, dtype=dtype, device=device)
     out = fn(torch.cat([a * x + b * y, x, y, zero]))
     f_mix, f_x, f_y, f_0 = out[:samples], out[samples:2 * samples], out[2 * samples:3 * samples], out[-1:]
     ao, bo = (v.reshape(samples, *([1] * (out.dim() - 1))) for v in ab)
@@ -280,14 +280,14 @@ def check_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape
     return worst
 
 
-def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Sequence[int], *,
+def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, input_shape: Sequence[int], *,
                    method: str = "auto", dtype: torch.dtype = torch.float64, device: Any = None,
                    chunk_size: int | None = None, check: bool = False,
                    budget: int | None = None, gemm_conv: bool = True,
                    refuse_nonlinear_modules: bool = True) -> AffineMap:
-    """The affine map ``f(x) = W x + B`` of an affine ``f`` on inputs of shape ``in_shape``.
+    """The affine map ``f(x) = W x + B`` of an affine ``f`` on inputs of shape ``input_shape``.
 
-    ``f`` maps ``(N, *in_shape) -> (N, *out_shape)`` treating batch entries independently
+    ``f`` maps ``(N, *input_shape) -> (N, *output_shape)`` treating batch entries independently
     (an ``nn.Module`` must be in eval mode; it is evaluated on a ``dtype`` copy of its
     weights).  ``method``: ``"vjp"`` (rows by vector–Jacobian products), ``"jvp"``
     (columns by Jacobian–vector products), ``"identity_batch"`` (columns
@@ -303,7 +303,7 @@ def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_sha
     layer norm, ...: :class:`NotAffineError` naming them, even with ``check=False``; pass
     ``refuse_nonlinear_modules=False`` when such a submodule is defined but not used),
     NaN/Inf weights or results (ValueError), a non-floating ``dtype`` (TypeError) and an
-    ``in_shape`` that is not positive integers or on which ``f`` fails (ValueError).
+    ``input_shape`` that is not positive integers or on which ``f`` fails (ValueError).
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} not in {METHODS}")
@@ -311,7 +311,7 @@ def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_sha
         raise TypeError(f"chunk_size must be an int, got {chunk_size!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    in_shape = _check_in_shape(in_shape)
+    input_shape = _check_in_shape(input_shape)
     _check_dtype(dtype)
     if not isinstance(f, nn.Module) and not callable(f):
         raise TypeError(f"f must be an nn.Module or a callable, got {type(f).__name__}")
@@ -330,23 +330,23 @@ def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_sha
         # correct) and the deprecated torch.jit.script inside forward-AD decompositions
         warnings.filterwarnings("ignore", message="There is a performance drop")
         warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
-        return _extract(f, in_shape, method, dtype, device, chunk_size, check, budget)
+        return _extract(f, input_shape, method, dtype, device, chunk_size, check, budget)
 
 
-def _check_in_shape(in_shape: Any) -> tuple[int, ...]:
-    """``in_shape`` as a tuple of positive ints (the input shape without the batch)."""
-    if isinstance(in_shape, (int, np.integer)) and not isinstance(in_shape, bool):
-        in_shape = (in_shape,)
+def _check_in_shape(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints (the input shape without the batch)."""
+    if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
     try:
-        items = tuple(in_shape)
+        items = tuple(input_shape)
     except TypeError:
-        raise TypeError(f"in_shape must be a sequence of positive ints (the input shape "
-                        f"without the batch), got {in_shape!r}") from None
+        raise TypeError(f"input_shape must be a sequence of positive ints (the input shape "
+                        f"without the batch), got {input_shape!r}") from None
     if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in items):
-        raise TypeError(f"in_shape must be a sequence of positive ints (the input shape "
-                        f"without the batch), got {in_shape!r}")
+        raise TypeError(f"input_shape must be a sequence of positive ints (the input shape "
+                        f"without the batch), got {input_shape!r}")
     if not items or any(v <= 0 for v in items):
-        raise ValueError(f"in_shape must be a non-empty sequence of positive ints, got {items}")
+        raise ValueError(f"input_shape must be a non-empty sequence of positive ints, got {items}")
     return tuple(int(v) for v in items)
 
 
@@ -370,32 +370,32 @@ def _non_finite(f: Any, what: str) -> ValueError:
     return ValueError(f"{what} has non-finite entries ({cause}); NaN/Inf are refused")
 
 
-def _check_output(out: Any, in_shape: tuple[int, ...]) -> torch.Tensor:
+def _check_output(out: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"f must return a torch.Tensor, got {type(out).__name__} for an input "
-                        f"of shape (1, {', '.join(map(str, in_shape))})")
+                        f"of shape (1, {', '.join(map(str, input_shape))})")
     if not out.is_floating_point():
         raise TypeError(f"f must return a floating-point tensor, got {out.dtype} (an integer "
                         "or boolean output is not an affine function of its input)")
     return out
 
 
-def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Sequence[int],
+def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, input_shape: Sequence[int],
              method: str, dtype: torch.dtype, device: Any, chunk_size: int | None, check: bool,
              budget: int | None) -> AffineMap:
     """The body of :func:`extract_affine` (arguments already validated)."""
     t0 = time.perf_counter()
-    n_in = math.prod(in_shape)
-    check_budget(estimate_bytes((n_in,), dtype), f"the input of shape {in_shape}", budget)
+    n_in = math.prod(input_shape)
+    check_budget(estimate_bytes((n_in,), dtype), f"the input of shape {input_shape}", budget)
     if check:
-        check_affine(f, in_shape, dtype=dtype, device=device)
+        check_affine(f, input_shape, dtype=dtype, device=device)
     fn = as_function(f, dtype, device)
-    x0 = torch.zeros(1, *in_shape, dtype=dtype, device=device)
+    x0 = torch.zeros(1, *input_shape, dtype=dtype, device=device)
 
     vjp_fn = None
 
     def first(x: torch.Tensor) -> torch.Tensor:
-        return _check_output(fn(x), in_shape)
+        return _check_output(fn(x), input_shape)
 
     try:
         if method in ("auto", "vjp"):
@@ -404,15 +404,15 @@ def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Se
             with torch.no_grad():
                 out0 = first(x0)
     except (RuntimeError, IndexError, AttributeError, NotImplementedError) as exc:
-        raise ValueError(f"evaluating f on an input of shape (1, {', '.join(map(str, in_shape))}) "
+        raise ValueError(f"evaluating f on an input of shape (1, {', '.join(map(str, input_shape))}) "
                          f"in {str(dtype).removeprefix('torch.')} failed: {exc}") from exc
     out0 = out0.detach()
     if not bool(torch.isfinite(out0).all()):
         raise _non_finite(f, "f(0) = B")
     if out0.dim() == 0 or out0.shape[0] != 1:
-        raise ValueError(f"f must keep the batch dimension: (1, *{in_shape}) gave {tuple(out0.shape)}")
-    out_shape = tuple(out0.shape[1:])
-    n_out = math.prod(out_shape)
+        raise ValueError(f"f must keep the batch dimension: (1, *{input_shape}) gave {tuple(out0.shape)}")
+    output_shape = tuple(out0.shape[1:])
+    n_out = math.prod(output_shape)
     if method == "auto":
         method = "vjp" if n_out < n_in else "jvp"
     if method != "vjp":
@@ -436,17 +436,17 @@ def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Se
         E = torch.zeros(stop - start, n_rows, dtype=dtype, device=device)
         E[idx, start + idx] = 1.0
         if method == "vjp":
-            (rows,) = torch.func.vmap(vjp_fn)(E.reshape(-1, 1, *out_shape))
+            (rows,) = torch.func.vmap(vjp_fn)(E.reshape(-1, 1, *output_shape))
             W[start:stop] = rows.reshape(stop - start, n_in)
         elif method == "jvp":
             def column(t: torch.Tensor) -> torch.Tensor:
                 return torch.func.jvp(fn, (x0,), (t,))[1]
             with torch.no_grad():
-                cols = torch.func.vmap(column)(E.reshape(-1, 1, *in_shape))
+                cols = torch.func.vmap(column)(E.reshape(-1, 1, *input_shape))
             W[:, start:stop] = cols.reshape(stop - start, n_out).t()
         else:
             with torch.no_grad():
-                cols = fn(E.reshape(-1, *in_shape)).reshape(stop - start, n_out) - B
+                cols = fn(E.reshape(-1, *input_shape)).reshape(stop - start, n_out) - B
             W[:, start:stop] = cols.t()
         del E
         passes += 1
@@ -457,4 +457,4 @@ def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, in_shape: Se
     info = {"chunk_size": chunk, "dtype": str(dtype).removeprefix("torch."),
             "W_bytes": format_bytes(estimate_bytes((n_out, n_in), dtype)),
             "seconds_setup": t_setup, "seconds_passes": seconds - t_setup}
-    return AffineMap(W, B, in_shape, out_shape, method, passes, chunks, seconds, info)
+    return AffineMap(W, B, input_shape, output_shape, method, passes, chunks, seconds, info)

@@ -122,7 +122,7 @@ def _dtype(op: KernelOperator) -> str:
 
 def _direct_kernel(op: KernelOperator, sizes: Sequence[int], padding: str) -> tuple[int, ...]:
     """Kernel extent a direct convolution runs (folded modulo ``n`` for circular
-    padding; extended to exponent 0 as :meth:`KernelOperator.to_torch_weight` does)."""
+    padding; extended to exponent 0 as :meth:`KernelOperator.to_weight` does)."""
     if padding == "circular":
         op = op.mod_circular(sizes)
     return tuple(max(h, 0) - l + 1 for l, h in zip(op.low, op.high))
@@ -218,7 +218,7 @@ def _reason(costs: Sequence[MethodCost], chosen: MethodCost) -> str:
     return "; ".join(parts)
 
 
-def estimate_costs(op: KernelOperator, input_size: Sequence[int], *, padding: str = "zero",
+def estimate_costs(op: KernelOperator, input_size: Sequence[int], *, padding: str = "zeros",
                    layers: Sequence[KernelOperator] | None = None, budget: int | None = None,
                    machine: Machine | None = None) -> CostReport:
     """Costs of direct, FFT, GEMM (and, given the original ``layers``, keeping them) for
@@ -237,8 +237,8 @@ def estimate_costs(op: KernelOperator, input_size: Sequence[int], *, padding: st
     if any(v <= 0 for v in size):
         raise ValueError(f"input size must be positive (batch >= 1, every spatial size >= 1), "
                          f"got {size}")
-    if padding not in ("zero", "circular"):
-        raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+    if padding not in ("zeros", "circular"):
+        raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
     for i, layer in enumerate(layers or ()):
         if not isinstance(layer, KernelOperator):
             raise TypeError(f"layers[{i}] must be a KernelOperator, got {type(layer).__name__}")

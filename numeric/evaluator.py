@@ -3,8 +3,8 @@ original layers.
 
 All methods compute the same window (:meth:`KernelOperator.output_shape`):
 
-* ``padding='zero'``:   ``y[i] = b + sum_e c_e x[s i - e]`` with ``x = 0`` outside the
-  input, ``0 <= i < out`` — exactly ``F.conv{n}d`` with :meth:`KernelOperator.to_torch_weight`;
+* ``padding='zeros'``:   ``y[i] = b + sum_e c_e x[s i - e]`` with ``x = 0`` outside the
+  input, ``0 <= i < out`` — exactly ``F.conv{n}d`` with :meth:`KernelOperator.to_weight`;
 * ``padding='circular'``: ``y[i] = b + sum_e c_e x[(s i - e) mod n]``, ``out = n / s``.
 
 ``OperatorEvaluator`` picks the method from :func:`numeric.cost.estimate_costs` unless told.
@@ -24,12 +24,12 @@ from torch import nn
 from .affine import extract_affine
 from .cost import METHODS, CostReport, Machine, estimate_costs, fft_grid
 from .inputs import as_real_tensor
+from .functional import conv_nd
 from .kernels import KernelOperator
 from .spectrum import fold_periodic
 
 __all__ = ["conv_window", "OperatorEvaluator", "DirectConv", "conv_direct", "conv_fft", "dense_matrix"]
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def _as_input(op: KernelOperator, x: object, sizes: Sequence[int] | None = None) -> torch.Tensor:
@@ -73,33 +73,34 @@ class DirectConv(nn.Module):
     the kernel folded modulo ``n`` and the input wrapped by ``p = high`` before and
     ``k - 1 - p`` after, so ``out = n / s``."""
 
-    def __init__(self, op: KernelOperator, sizes: Sequence[int], padding: str = "zero"):
+    def __init__(self, op: KernelOperator, sizes: Sequence[int], padding: str = "zeros"):
         super().__init__()
         if not isinstance(op, KernelOperator):
             raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
-        if padding not in ("zero", "circular"):
-            raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+        if padding not in ("zeros", "circular"):
+            raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
         sizes = tuple(int(v) for v in sizes)
         op.output_shape(sizes, padding)  # checks the window (and circular divisibility)
-        w = (op.mod_circular(sizes) if padding == "circular" else op).to_torch_weight()
+        w = (op.mod_circular(sizes) if padding == "circular" else op).to_weight()
         self.register_buffer("weight", w.weight)
         self.register_buffer("bias", w.bias)
         self.stride, self.padding, self.circular = w.stride, w.padding, padding == "circular"
         self.after = tuple(k - 1 - p for k, p in zip(w.weight.shape[2:], w.padding))
-        self._conv = _CONV[op.ndim]
+        self._conv = conv_nd(op.ndim)
         self.op, self.sizes = op, sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # circular: the folded kernel is only right for the size it was built for
         x = _as_input(self.op, x, self.sizes if self.circular else None)
-        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        weight = self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
         if self.circular:
             return self._conv(_circular_pad(x, self.padding, self.after), weight, bias,
                               stride=self.stride)
         return self._conv(x, weight, bias, stride=self.stride, padding=self.padding)
 
 
-def conv_direct(op: KernelOperator, x: torch.Tensor, padding: str = "zero") -> torch.Tensor:
+def conv_direct(op: KernelOperator, x: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """``op`` applied to ``x`` by one ``conv{n}d`` (see :class:`DirectConv`)."""
     x = _as_input(op, x)
     return DirectConv(op, tuple(x.shape[2:]), padding)(x)
@@ -108,17 +109,18 @@ def conv_direct(op: KernelOperator, x: torch.Tensor, padding: str = "zero") -> t
 def conv_window(op: KernelOperator, x: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
     """``y[i] = b + sum_e K[e] x[s i - e]`` for ``0 <= i < out_size`` with ``x`` zero outside
     its window: the zero-extended semantics of :func:`algebra.collapse`, on any output window
-    (one padded ``conv{n}d``; ``to_torch_weight`` gives ``y[i] = sum_a w[a] x[s i + a - p]``)."""
+    (one padded ``conv{n}d``; ``to_weight`` gives ``y[i] = sum_a w[a] x[s i + a - p]``)."""
     x = _as_input(op, x)
     out_size = tuple(int(v) for v in out_size)
     if len(out_size) != op.ndim or min(out_size) < 1:
         raise ValueError(f"out_size must be {op.ndim} positive sizes, got {out_size}")
-    w = op.to_torch_weight()
+    w = op.to_weight()
     pads: list[int] = []
     for n, s, L, p, k in reversed(list(zip(x.shape[2:], w.stride, out_size, w.padding,
                                            w.weight.shape[2:]))):
         pads += [p, max(0, s * (L - 1) - p + k - n)]
-    y = _CONV[op.ndim](F.pad(x, pads), w.weight.to(x.dtype), w.bias.to(x.dtype), stride=w.stride)
+    bias = None if w.bias is None else w.bias.to(x.dtype)
+    y = conv_nd(op.ndim)(F.pad(x, pads), w.weight.to(x.dtype), bias, stride=w.stride)
     return y[(slice(None), slice(None), *(slice(0, L) for L in out_size))]
 
 
@@ -157,16 +159,16 @@ def _fft_apply(op: KernelOperator, spectrum: torch.Tensor, x: torch.Tensor,
     return y + op.bias.to(y.dtype).reshape(-1, *(1,) * op.ndim)
 
 
-def conv_fft(op: KernelOperator, x: torch.Tensor, padding: str = "zero") -> torch.Tensor:
+def conv_fft(op: KernelOperator, x: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """``op`` applied through real FFTs (one-off; :class:`OperatorEvaluator` keeps the kernel
     spectrum)."""
-    if padding not in ("zero", "circular"):
-        raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+    if padding not in ("zeros", "circular"):
+        raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
     x = _as_input(op, x)
     return _fft_apply(op, _kernel_spectrum(op.to(x.dtype), tuple(x.shape[2:]), padding), x, padding)
 
 
-def dense_matrix(op: KernelOperator, sizes: Sequence[int], padding: str = "zero", *,
+def dense_matrix(op: KernelOperator, sizes: Sequence[int], padding: str = "zeros", *,
                  budget: int | None = None) -> torch.Tensor:
     """The matrix ``W`` of the linear part on inputs of spatial size ``n``:
     ``y.flatten() = W x.flatten() + b``, shape ``(C_out prod(out), C_in prod(n))``, found by
@@ -199,7 +201,7 @@ class OperatorEvaluator(nn.Module):
     the cheapest by the cost model (:attr:`report`).  Built in the operator's dtype; the batch
     may vary, the spatial size may not."""
 
-    def __init__(self, op: KernelOperator, input_size: Sequence[int], *, padding: str = "zero",
+    def __init__(self, op: KernelOperator, input_size: Sequence[int], *, padding: str = "zeros",
                  method: str | None = None, layers: Sequence[KernelOperator] | None = None,
                  budget: int | None = None, machine: Machine | None = None):
         super().__init__()
@@ -216,7 +218,7 @@ class OperatorEvaluator(nn.Module):
             raise ValueError("method='layers' needs the original layers (layers=[...])")
         self.method = method or self.report.chosen
         self.layers = tuple(layers or ())
-        self.out_shape = op.output_shape(self.sizes, padding)
+        self.output_shape = op.output_shape(self.sizes, padding)
         if self.layers:
             _check_layers(op, self.layers, self.sizes, padding)
         if self.method == "direct":
@@ -230,7 +232,7 @@ class OperatorEvaluator(nn.Module):
             self.register_buffer("spectrum", _kernel_spectrum(op, self.sizes, padding))
         elif self.method == "gemm":
             self.register_buffer("matrix", dense_matrix(op, self.sizes, padding, budget=budget))
-            self.register_buffer("bias", op.bias.repeat_interleave(prod(self.out_shape)))
+            self.register_buffer("bias", op.bias.repeat_interleave(prod(self.output_shape)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != (self.op.in_channels, *self.sizes):
@@ -246,7 +248,7 @@ class OperatorEvaluator(nn.Module):
             return _fft_apply(self.op, self.spectrum, x, self.padding)
         if self.method == "gemm":
             y = F.linear(x.flatten(1), self.matrix.to(x.dtype), self.bias.to(x.dtype))
-            return y.reshape(x.shape[0], self.op.out_channels, *self.out_shape)
+            return y.reshape(x.shape[0], self.op.out_channels, *self.output_shape)
         return self.convs(x)
 
     def extra_repr(self) -> str:

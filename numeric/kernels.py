@@ -1,6 +1,6 @@
 """Convolution operators as dense coefficient arrays: the algebra at 64–512 channels.
 
-A :class:`KernelOperator` is ``down_s ∘ K(z) + b`` (DESIGN.md) with the Laurent matrix
+A :class:`KernelOperator` is ``down_s ∘ K(z) + b`` (``docs/conventions.md``) with the Laurent matrix
 ``K`` stored densely:
 
     coeffs[o, c, j1, ..., jd] = coefficient of z^(low + j) in K_{o,c}(z)
@@ -23,247 +23,26 @@ from __future__ import annotations
 
 import math
 import numbers
-from fractions import Fraction
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..algebra import ConvOperator, exact_rational
-from ..algebra.layout import default_ring
-from ..algebra.laurent import _as_axis_tuple as _per_axis
+from ..algebra import ConvOperator, TorchLayout, exact_rational
+from ..algebra.channels import channel_index
+from ..algebra.layout import default_ring, same_padding
+from ..algebra.laurent import per_axis
+from ..algebra.memory import check_budget, estimate_bytes
+from .inputs import (FLOAT_DTYPES, as_float_tensor, check_finite_tensor, check_float_dtype,
+                     int_tuple, positive_ints, rounded_tensor)
+from .polymatmul import inflate, polymatmul, spatial_axes
 
-from .memory import check_budget, estimate_bytes
-
-__all__ = ["KernelOperator", "TorchConv", "block_diag", "vstack", "polymatmul"]
-
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+__all__ = ["KernelOperator", "block_diag", "vstack"]
 
 #: rough bytes per exact coefficient (a sympy Rational in a polynomial's dict), for the
 #: memory guard of :meth:`KernelOperator.to_algebra`
 _EXACT_ENTRY_BYTES = 256
-
-
-#: the coefficient dtypes a KernelOperator holds (FFT products and float64 convolutions
-#: need one of these; float16/bfloat16 have no CPU FFT in torch)
-FLOAT_DTYPES = (torch.float32, torch.float64)
-
-
-def check_float_dtype(dtype: Any, what: str = "dtype") -> torch.dtype:
-    """``dtype`` if it is ``torch.float32`` or ``torch.float64``, else a clear TypeError."""
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"{what} must be a torch dtype (torch.float32 or torch.float64), "
-                        f"got {dtype!r}")
-    if dtype.is_complex:
-        raise TypeError(f"{what} {dtype}: complex weights not supported (the operators are "
-                        "real); pass torch.float32 or torch.float64")
-    if not dtype.is_floating_point:
-        raise TypeError(f"{what} must be floating point (torch.float32 or torch.float64), "
-                        f"got {dtype}")
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{what} {dtype} is not supported (no CPU FFT/float kernels for it); "
-                        "use torch.float32 or torch.float64")
-    return dtype
-
-
-def _as_tensor(value: Any, dtype: torch.dtype | None, what: str = "coefficients") -> torch.Tensor:
-    """A fresh (copied, detached) real tensor from a tensor or array.  ``dtype`` None keeps a
-    float32/float64 tensor's dtype (float16/bfloat16 widen exactly to float32, integers and
-    booleans become float64).  Complex and non-numeric input is refused (TypeError)."""
-    if isinstance(value, torch.Tensor):
-        if value.is_complex():
-            raise TypeError(f"{what}: complex weights not supported (got a {value.dtype} "
-                            "tensor); pass the real part explicitly if that is what you mean")
-        if dtype is None:
-            dtype = value.dtype if value.dtype in FLOAT_DTYPES else \
-                torch.float32 if value.is_floating_point() else torch.float64
-        return value.detach().to(dtype=dtype, copy=True)
-    array = np.asarray(value)
-    if array.dtype.kind == "c":
-        raise TypeError(f"{what}: complex weights not supported (got a {array.dtype} array)")
-    if array.dtype.kind not in "biuf":
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{what} must be real numbers, got an array of {array.dtype} "
-                            f"({exc})") from None
-    if dtype is None:
-        dtype = torch.float32 if array.dtype in (np.float32, np.float16) else torch.float64
-    return torch.from_numpy(np.array(array, dtype=np.float64)).to(dtype)
-
-
-def _check_finite(t: torch.Tensor, what: str) -> None:
-    if t.numel() and not bool(torch.isfinite(t).all()):
-        bad = tuple(int(i) for i in torch.nonzero(~torch.isfinite(t))[0])
-        raise ValueError(f"{what} has a non-finite value {t[bad].item()} at index {bad}; "
-                         "NaN/Inf weights are refused")
-
-
-def _int_tuple(value: Any, ndim: int, name: str) -> tuple[int, ...]:
-    """One integer per axis (an int broadcasts), else a clear ValueError/TypeError."""
-    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}")
-    if not isinstance(value, (int, np.integer)):
-        try:
-            items = list(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}") from None
-        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
-               for v in items):
-            raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}")
-    return _per_axis(value, ndim, name)
-
-
-def _positive_ints(value: Any, ndim: int, name: str) -> tuple[int, ...]:
-    """One positive integer per axis (an int broadcasts), else a clear ValueError/TypeError."""
-    out = _int_tuple(value, ndim, name)
-    if any(v <= 0 for v in out):
-        raise ValueError(f"{name} must be positive, got {out}")
-    return out
-
-
-def _torch_to_numpy_dtype(dtype: torch.dtype) -> Any:
-    return {torch.float32: np.float32, torch.float64: np.float64}[dtype]
-
-
-def _rounded(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
-    """Exact numbers (ints, Fractions, sympy Rationals, floats) each rounded ONCE, correctly,
-    to ``dtype`` (:func:`algebra.exact.round_rational`); symbolic entries are refused."""
-    import sympy
-    from ..algebra.exact import round_rational
-    np_dtype = _torch_to_numpy_dtype(check_float_dtype(dtype))
-    array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
-    if array.dtype != object:
-        if array.dtype.kind == "c":
-            raise TypeError(f"{what}: complex weights not supported")
-        t = torch.from_numpy(np.array(array, dtype=np.float64))
-        _check_finite(t, what)
-        return t.to(dtype)  # float64 (or narrower) values: one rounding
-    out = np.empty(array.shape, dtype=np_dtype)
-    flat = out.reshape(-1)
-    for i, v in enumerate(array.flat):
-        if isinstance(v, sympy.Basic):
-            if v.free_symbols:
-                raise ValueError(f"{what} is symbolic ({v}); substitute numbers first")
-            if not v.is_Rational:
-                v = float(v)  # an irrational constant: one rounding to float64
-        if isinstance(v, (float, np.floating)):
-            if not np.isfinite(v):
-                raise ValueError(f"{what} has a non-finite value {v}; NaN/Inf weights are refused")
-            flat[i] = np_dtype(v)
-            continue
-        if isinstance(v, (complex, np.complexfloating)):
-            raise TypeError(f"{what}: complex weights not supported")
-        if isinstance(v, (int, np.integer)):
-            v = Fraction(int(v))
-        elif isinstance(v, sympy.Rational):
-            v = Fraction(int(v.p), int(v.q))
-        elif not isinstance(v, Fraction):
-            try:
-                v = Fraction(v)
-            except (TypeError, ValueError):
-                raise TypeError(f"{what} has a non-numeric entry {v!r}") from None
-        try:
-            flat[i] = round_rational(v, np_dtype)
-        except ValueError as exc:
-            raise ValueError(f"{what}: {exc}") from None
-    return torch.from_numpy(out)
-
-
-def _spatial(t: torch.Tensor) -> tuple[int, ...]:
-    """The spatial axes (all but the two channel axes) of a coefficient tensor."""
-    return tuple(range(2, t.ndim))
-
-
-def _inflate(coeffs: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
-    """Coefficients of ``K(z^d)``: ``d - 1`` zeros between neighbouring taps per axis."""
-    if all(d == 1 for d in factors):
-        return coeffs
-    size = tuple((k - 1) * d + 1 for k, d in zip(coeffs.shape[2:], factors))
-    out = coeffs.new_zeros((*coeffs.shape[:2], *size))
-    out[(slice(None), slice(None), *(slice(None, None, d) for d in factors))] = coeffs
-    return out
-
-
-class TorchConv(NamedTuple):
-    """Arguments of ``F.conv{n}d(x, weight, bias, stride=stride, padding=padding)``."""
-    weight: torch.Tensor
-    bias: torch.Tensor
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-
-
-def polymatmul(outer: torch.Tensor, inner: torch.Tensor, dilation: int | Sequence[int] = 1,
-               method: str = "auto", budget: int | None = None) -> torch.Tensor:
-    """Product ``outer(z^d) inner(z)`` of polynomial matrices in ascending coefficient order:
-    ``C[o, c, t] = sum_m sum_{d a + b = t} outer[o, m, a] inner[m, c, b]``, spatial size
-    ``d (k_outer - 1) + k_inner``.  ``method='fft'``: one batched complex matrix product per
-    frequency of a real FFT of that size; ``'conv'``: one ``conv{n}d`` (a full correlation
-    with the reversed outer kernel); ``'auto'``: conv for small float32 kernels (oneDNN),
-    FFT otherwise (torch's float64 convolution has no fast path).  The memory guard runs
-    before anything is allocated."""
-    for name, t in (("outer", outer), ("inner", inner)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"polymatmul: {name} must be a torch tensor, got {type(t).__name__}")
-        if t.ndim not in (3, 4, 5):
-            raise ValueError(f"polymatmul: {name} must have shape (C_out, C_in, *kernel) with "
-                             f"1-3 spatial axes, got {tuple(t.shape)}")
-        if t.dtype not in FLOAT_DTYPES:
-            check_float_dtype(t.dtype, f"polymatmul: {name}'s dtype")
-    if outer.ndim != inner.ndim or outer.shape[1] != inner.shape[0]:
-        raise ValueError(f"cannot multiply kernel matrices of shapes {tuple(outer.shape)} "
-                         f"and {tuple(inner.shape)}")
-    ndim = outer.ndim - 2
-    d = _positive_ints(dilation, ndim, "dilation")
-    c_out, c_mid, c_in = outer.shape[0], outer.shape[1], inner.shape[1]
-    k_outer = tuple((k - 1) * x + 1 for k, x in zip(outer.shape[2:], d))
-    size = tuple(a + b - 1 for a, b in zip(k_outer, inner.shape[2:]))
-    dtype = torch.promote_types(outer.dtype, inner.dtype)
-    if method == "auto":
-        small = int(np.prod(k_outer)) * int(np.prod(inner.shape[2:])) <= 100
-        method = "conv" if dtype == torch.float32 and small else "fft"
-    n_freq = int(np.prod(size[:-1])) * (size[-1] // 2 + 1)
-    need = estimate_bytes((c_out, c_in, *size), dtype) + estimate_bytes((c_out, c_mid, *k_outer), dtype)
-    if method == "fft":
-        need += n_freq * 2 * estimate_bytes((c_out * c_mid + c_mid * c_in + c_out * c_in,), dtype)
-    elif method == "conv":
-        need += estimate_bytes((c_in, c_mid, *size), dtype)  # the padded input
-    else:
-        raise ValueError(f"method must be 'auto', 'fft' or 'conv', got {method!r}")
-    check_budget(need, f"composing a {c_out}x{c_mid} kernel with a {c_mid}x{c_in} kernel into "
-                 f"{c_out}x{c_in}x{'x'.join(map(str, size))}", budget)
-    outer, inner = _inflate(outer.to(dtype), d), inner.to(dtype)
-    if method == "conv":
-        flipped = outer.flip(_spatial(outer))
-        pad = tuple(k - 1 for k in outer.shape[2:])
-        return _CONV[ndim](inner.transpose(0, 1), flipped, padding=pad).transpose(0, 1).contiguous()
-    dims = tuple(range(-ndim, 0))
-    fo = torch.fft.rfftn(outer, s=size, dim=dims).flatten(2).permute(2, 0, 1).contiguous()
-    fi = torch.fft.rfftn(inner, s=size, dim=dims).flatten(2).permute(2, 0, 1).contiguous()
-    prod = torch.bmm(fo, fi)  # (freq, C_out, C_in)
-    del fo, fi
-    spec_shape = (*size[:-1], size[-1] // 2 + 1)
-    prod = prod.permute(1, 2, 0).reshape(c_out, c_in, *spec_shape)
-    product = torch.fft.irfftn(prod, s=size, dim=dims)
-    return product * _structural_support(outer, inner, size, dims)
-
-
-def _structural_support(outer: torch.Tensor, inner: torch.Tensor, size: tuple[int, ...],
-                        dims: tuple[int, ...]) -> torch.Tensor:
-    """Where a product of these kernels can be nonzero: channel pairs ``(o, c)`` with some
-    ``m`` where both ``outer[o, m]`` and ``inner[m, c]`` are nonzero, times positions in the
-    sum of the two spatial supports.  Elsewhere the exact product is 0, and the FFT's
-    round-off (~1e-17) must not turn those taps into nonzero coefficients."""
-    channels = (outer.flatten(2) != 0).any(-1).to(outer.dtype) @ \
-        (inner.flatten(2) != 0).any(-1).to(outer.dtype)
-    so = (outer != 0).flatten(0, 1).any(0).to(outer.dtype)
-    si = (inner != 0).flatten(0, 1).any(0).to(outer.dtype)
-    counts = torch.fft.irfftn(torch.fft.rfftn(so, s=size, dim=dims) *
-                              torch.fft.rfftn(si, s=size, dim=dims), s=size, dim=dims)
-    spatial = counts > 0.5  # integer counts of overlapping taps
-    mask = (channels > 0.5).reshape(*channels.shape, *(1,) * len(size)) & spatial
-    return mask.to(outer.dtype)
 
 
 class KernelOperator:
@@ -280,7 +59,7 @@ class KernelOperator:
         if dtype is not None:
             check_float_dtype(dtype)
         if not isinstance(coeffs, torch.Tensor):
-            coeffs = _as_tensor(coeffs, dtype or torch.float64)
+            coeffs = as_float_tensor(coeffs, dtype or torch.float64)
         elif coeffs.is_complex():
             raise TypeError(f"complex weights not supported (got a {coeffs.dtype} coefficient "
                             "tensor); KernelOperator holds real kernels")
@@ -295,17 +74,17 @@ class KernelOperator:
         if min(coeffs.shape) == 0:
             raise ValueError(f"empty coefficient tensor of shape {tuple(coeffs.shape)}")
         ndim = coeffs.ndim - 2
-        stride = _positive_ints(stride, ndim, "stride")
-        _check_finite(coeffs, "coeffs")
+        stride = positive_ints(stride, ndim, "stride")
+        check_finite_tensor(coeffs, "coeffs")
         if bias is None:
             bias = coeffs.new_zeros(coeffs.shape[0])
         else:
-            bias = _as_tensor(bias, coeffs.dtype, "bias") if not isinstance(bias, torch.Tensor) \
+            bias = as_float_tensor(bias, coeffs.dtype, "bias") if not isinstance(bias, torch.Tensor) \
                 or bias.is_complex() else bias.detach().to(coeffs)
             if bias.shape != (coeffs.shape[0],):
                 raise ValueError(f"bias must have shape ({coeffs.shape[0]},), got {tuple(bias.shape)}")
-            _check_finite(bias, "bias")
-        for name, value in (("coeffs", coeffs.detach()), ("low", _int_tuple(low, ndim, "low")),
+            check_finite_tensor(bias, "bias")
+        for name, value in (("coeffs", coeffs.detach()), ("low", int_tuple(low, ndim, "low")),
                             ("stride", stride), ("bias", bias.detach())):
             object.__setattr__(self, name, value)
 
@@ -314,29 +93,30 @@ class KernelOperator:
 
     # -- constructors ---------------------------------------------------------------------
     @classmethod
-    def from_torch_weight(cls, weight: Any, bias: Any = None, stride: int | Sequence[int] = 1,
-                          padding: int | Sequence[int] | str = 0,
-                          dilation: int | Sequence[int] = 1, groups: int = 1, *,
-                          dtype: torch.dtype = torch.float64) -> "KernelOperator":
+    def from_weight(cls, weight: Any, bias: Any = None, *, stride: int | Sequence[int] = 1,
+                    padding: int | Sequence[int] | str = 0, dilation: int | Sequence[int] = 1,
+                    groups: int = 1, dtype: torch.dtype = torch.float64) -> "KernelOperator":
         """The operator of ``F.conv{n}d(x, weight, bias, stride, padding, dilation, groups)``:
-        ``K_{o,c}(z) = sum_a w[o, c - g(o), a] z^(p - d*a)``, block diagonal over groups."""
-        w = _as_tensor(weight, check_float_dtype(dtype), "weight")
+        ``K_{o,c}(z) = sum_a w[o, c - g(o), a] z^(p - d*a)``, block diagonal over groups (the
+        twin of :meth:`algebra.ConvOperator.from_weight`; transposed convolutions, which are
+        up-sampling operators, exist only on the exact side)."""
+        w = as_float_tensor(weight, check_float_dtype(dtype), "weight")
         if w.ndim not in (3, 4, 5):
             raise ValueError(f"weight must have shape (C_out, C_in/groups, *kernel), got {tuple(w.shape)}")
-        _check_finite(w, "weight")
+        check_finite_tensor(w, "weight")
         ndim = w.ndim - 2
-        stride = _per_axis(stride, ndim, "stride")
-        dilation = _per_axis(dilation, ndim, "dilation")
+        stride = per_axis(stride, ndim, "stride")
+        dilation = per_axis(dilation, ndim, "dilation")
         k = tuple(w.shape[2:])
         if isinstance(padding, str):
             if padding == "valid":
                 padding = 0
             elif padding == "same" and all(s == 1 for s in stride):
-                padding = tuple(d * (n - 1) // 2 for n, d in zip(k, dilation))
+                padding = same_padding(k, dilation)
             else:
                 raise ValueError(f"padding must be an int, a tuple, 'valid' or (stride 1) "
                                  f"'same', got {padding!r}")
-        padding = _per_axis(padding, ndim, "padding")
+        padding = per_axis(padding, ndim, "padding")
         if any(p < 0 for p in padding) or any(d <= 0 for d in dilation):
             raise ValueError(f"need padding >= 0 and dilation >= 1, got {padding}, {dilation}")
         if groups < 1 or w.shape[0] % groups:
@@ -346,12 +126,12 @@ class KernelOperator:
         dense = w.new_zeros((c_out, ipg * groups, *k))
         diagonal = torch.arange(groups)  # block (g, g) of the (groups x groups) block matrix
         dense.view(groups, opg, groups, ipg, *k)[diagonal, :, diagonal] = w.view(groups, opg, ipg, *k)
-        coeffs = _inflate(dense.flip(_spatial(dense)), dilation)
+        coeffs = inflate(dense.flip(spatial_axes(dense)), dilation)
         low = tuple(p - d * (n - 1) for p, d, n in zip(padding, dilation, k))
         b = None
         if bias is not None:
-            b = _as_tensor(bias, dtype, "bias")
-            _check_finite(b, "bias")
+            b = as_float_tensor(bias, dtype, "bias")
+            check_finite_tensor(b, "bias")
         return cls(coeffs, low, stride, b)
 
     @classmethod
@@ -395,8 +175,8 @@ class KernelOperator:
                     array[(o, c, *(e - l for e, l in zip(exps, low)))] = to_sympy(coeff)
         bias = np.empty(len(op.bias), dtype=object)
         bias[:] = [to_sympy(b) for b in op.bias]
-        return cls(_rounded(array, dtype, "coefficient"), low, op.stride,
-                   _rounded(bias, dtype, "bias"))
+        return cls(rounded_tensor(array, dtype, "coefficient"), low, op.stride,
+                   rounded_tensor(bias, dtype, "bias"))
 
     def to_algebra(self) -> ConvOperator:
         """The exact operator over ``QQ``: every float becomes its exact rational value."""
@@ -417,17 +197,21 @@ class KernelOperator:
         bias = [exact_rational(v) for v in self.bias.detach().cpu().to(torch.float64).tolist()]
         return ConvOperator(ring, matrix, stride=self.stride, bias=bias)
 
-    def to_torch_weight(self) -> TorchConv:
-        """``(weight, bias, stride, padding)`` for ``F.conv{n}d``: ``weight = flip(coeffs)``
-        with padding ``p = high`` (zeros added so that the taps reach exponent 0 when the
-        kernel only looks ahead, as torch needs ``p >= 0``)."""
+    def to_weight(self) -> TorchLayout:
+        """The PyTorch layout of this operator (the twin of
+        :meth:`algebra.ConvOperator.to_weight`): ``weight = flip(coeffs)`` with left padding
+        ``p = high`` (zeros added so that the taps reach exponent 0 when the kernel only
+        looks ahead, as torch needs ``p >= 0``), dilation 1, one group; ``bias`` is None when
+        the operator has none.  ``F.conv{n}d(x, **layout.kwargs())`` with that weight is
+        ``y[i] = b + sum_a w[a] x[s i + a - p]``."""
         coeffs = self.coeffs
         if any(h < 0 for h in self.high):
             pad = [x for h in reversed(self.high) for x in (0, max(-h, 0))]
             coeffs = F.pad(coeffs, pad)
         padding = tuple(max(h, 0) for h in self.high)
-        return TorchConv(coeffs.flip(_spatial(coeffs)).contiguous(), self.bias.clone(),
-                         self.stride, padding)
+        return TorchLayout(coeffs.flip(spatial_axes(coeffs)).contiguous(),
+                           self.bias.clone() if self.has_bias else None, self.stride, padding,
+                           (1,) * self.ndim, 1, False)
 
     def with_bias(self, bias: Any) -> "KernelOperator":
         return KernelOperator(self.coeffs, self.low, self.stride, bias)
@@ -460,6 +244,11 @@ class KernelOperator:
         return self.coeffs.shape[1]
 
     @property
+    def upsample(self) -> tuple[int, ...]:
+        """Always 1 per axis: a KernelOperator has no up-sampling (``ConvOperator`` does)."""
+        return (1,) * self.ndim
+
+    @property
     def kernel_size(self) -> tuple[int, ...]:
         """Stored extent per axis (``high - low + 1``)."""
         return tuple(self.coeffs.shape[2:])
@@ -477,19 +266,19 @@ class KernelOperator:
     def has_bias(self) -> bool:
         return bool(self.bias.any())
 
-    def output_shape(self, sizes: Sequence[int], padding: str = "zero") -> tuple[int, ...]:
+    def output_shape(self, sizes: Sequence[int], padding: str = "zeros") -> tuple[int, ...]:
         """Output window for an input of spatial size ``n``.  ``'circular'``: ``n / s`` (each
-        stride must divide its size).  ``'zero'``: torch's window for :meth:`to_torch_weight`,
+        stride must divide its size).  ``'zeros'``: torch's window for :meth:`to_weight`,
         ``i = 0 .. floor((n - 1 + p + low) / s)`` with ``p = max(high, 0)`` (for a chain of
         'valid' layers this is the chain's own output)."""
-        n = _per_axis(sizes, self.ndim, "sizes")
+        n = per_axis(sizes, self.ndim, "sizes")
         if padding == "circular":
             if any(m % s for m, s in zip(n, self.stride)):
                 raise ValueError(f"circular padding needs each stride {self.stride} to divide "
                                  f"the size {n}")
             return tuple(m // s for m, s in zip(n, self.stride))
-        if padding != "zero":
-            raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+        if padding != "zeros":
+            raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
         out = tuple((m - 1 + max(h, 0) + l) // s + 1
                     for m, h, l, s in zip(n, self.high, self.low, self.stride))
         if any(o <= 0 for o in out):
@@ -575,11 +364,11 @@ class KernelOperator:
 
     def dilate(self, factors: int | Sequence[int]) -> "KernelOperator":
         """``K(z^d)`` with the same stride (an à-trous convolution)."""
-        d = _positive_ints(factors, self.ndim, "dilation")
+        d = positive_ints(factors, self.ndim, "dilation")
         size = tuple((k - 1) * x + 1 for k, x in zip(self.kernel_size, d))
         check_budget(estimate_bytes((*self.shape, *size), self.dtype),
                      f"a {self.out_channels}x{self.in_channels} kernel dilated to {size}")
-        return KernelOperator(_inflate(self.coeffs, d), tuple(l * x for l, x in zip(self.low, d)),
+        return KernelOperator(inflate(self.coeffs, d), tuple(l * x for l, x in zip(self.low, d)),
                               self.stride, self.bias)
 
     def adjoint(self) -> "KernelOperator":
@@ -589,8 +378,8 @@ class KernelOperator:
             raise ValueError(f"the adjoint of a stride-{self.stride} operator is an up-sampling "
                              "(transposed) convolution, which KernelOperator does not represent; "
                              "use algebra's ConvOperator.adjoint or F.conv_transpose with "
-                             "to_torch_weight()")
-        coeffs = self.coeffs.transpose(0, 1).flip(_spatial(self.coeffs)).contiguous()
+                             "to_weight()")
+        coeffs = self.coeffs.transpose(0, 1).flip(spatial_axes(self.coeffs)).contiguous()
         return KernelOperator(coeffs, tuple(-h for h in self.high), 1)
 
     def __getitem__(self, rows: int | slice | Sequence[int]) -> "KernelOperator":
@@ -607,7 +396,7 @@ class KernelOperator:
     def at_one(self) -> torch.Tensor:
         """``K(1)`` (``C_out x C_in``): the sum of the taps, what a constant image is
         multiplied by."""
-        return self.coeffs.sum(dim=_spatial(self.coeffs))
+        return self.coeffs.sum(dim=spatial_axes(self.coeffs))
 
     def trimmed(self) -> "KernelOperator":
         """The same operator with all-zero border slices removed (the exact support box)."""
@@ -627,7 +416,7 @@ class KernelOperator:
     def mod_circular(self, sizes: int | Sequence[int]) -> "KernelOperator":
         """``K mod (z^n - 1)`` on every axis whose kernel is longer than ``n`` (taps folded
         onto exponents ``0 .. n-1``): the same operator on ``n``-periodic signals."""
-        n = _positive_ints(sizes, self.ndim, "sizes")
+        n = positive_ints(sizes, self.ndim, "sizes")
         folded = tuple(min(m, k) for m, k in zip(n, self.kernel_size))
         check_budget(estimate_bytes((*self.shape, *folded), self.dtype),
                      f"a {self.out_channels}x{self.in_channels} kernel folded modulo {n}")
@@ -662,34 +451,9 @@ class KernelOperator:
                 f"{self.low}..{self.high}{extra}, {str(self.dtype).removeprefix('torch.')})")
 
 
-class ChannelIndexError(ValueError, IndexError):
-    """A channel index out of range (both a ValueError and an IndexError)."""
-
-
 def _channel_index(rows: Any, count: int, what: str) -> torch.Tensor:
-    """Validated channel indices (an int, a slice or a sequence of ints; negative ones count
-    from the end) as a long tensor."""
-    if isinstance(rows, slice):
-        index = list(range(count))[rows]
-    elif isinstance(rows, (int, np.integer)) and not isinstance(rows, (bool, np.bool_)):
-        index = [rows]
-    elif isinstance(rows, torch.Tensor) and not rows.is_floating_point() and not rows.is_complex() \
-            and rows.dtype != torch.bool and rows.ndim <= 1:
-        index = rows.reshape(-1).tolist()
-    elif isinstance(rows, (str, bytes)) or not hasattr(rows, "__iter__"):
-        raise TypeError(f"{what} index must be an int, a slice or a sequence of ints, "
-                        f"got {rows!r}")
-    else:
-        index = list(rows)
-    for i in index:
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"{what} index must be an int, a slice or a sequence of ints, "
-                            f"got {rows!r}")
-        if not -count <= i < count:
-            raise ChannelIndexError(f"{what} {int(i)} out of range: the operator has {count}")
-    if not index:
-        raise ValueError(f"a channel selection must keep at least one {what}")
-    return torch.tensor([int(i) % count for i in index], dtype=torch.long)
+    """:func:`algebra.channels.channel_index` as a long tensor (for tensor indexing)."""
+    return torch.tensor(channel_index(rows, count, what), dtype=torch.long)
 
 
 def _frame(ops: Sequence[KernelOperator]) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:

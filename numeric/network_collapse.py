@@ -19,14 +19,15 @@ from ..algebra.collapse import CollapseResult, collapse_walk
 from ..algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
                              Network, Shape, Split)
 
-from .kernels import KernelOperator, check_float_dtype, vstack
-from .network_torch import _tensor
+from .inputs import check_float_dtype, rounded_tensor
+from .kernels import KernelOperator, vstack
 
 __all__ = ["NumericCollapse", "collapse_numeric", "affine_numeric"]
 
 
 class NumericBackend:
-    """Makes :class:`KernelOperator` layers for :func:`collapse_walk`."""
+    """The float :class:`~laurentnet.algebra.protocols.CollapseBackend`: makes and combines
+    :class:`KernelOperator` layers for :func:`collapse_walk`."""
 
     def __init__(self, network: Network, dtype: torch.dtype):
         self.ndim, self.dtype = network.ndim, check_float_dtype(dtype)
@@ -46,14 +47,14 @@ class NumericBackend:
     def node_operator(self, node: Any, in_shape: Shape) -> KernelOperator:
         d = self.dtype
         if isinstance(node, Conv):
-            return KernelOperator.from_torch_weight(
-                _tensor(node.weight, d, "weight"),
-                None if node.bias is None else _tensor(node.bias, d, "bias"),
+            return KernelOperator.from_weight(
+                rounded_tensor(node.weight, d, "weight"),
+                None if node.bias is None else rounded_tensor(node.bias, d, "bias"),
                 stride=node.stride, padding=tuple(l for l, _ in node.padding),
                 dilation=node.dilation, groups=node.groups, dtype=d)
         if isinstance(node, ChannelAffine):
-            shift = None if node.shift is None else _tensor(list(node.shift), d, "shift")
-            return self._diagonal(_tensor(list(node.scale), d, "scale"), (1,) * self.ndim,
+            shift = None if node.shift is None else rounded_tensor(list(node.shift), d, "shift")
+            return self._diagonal(rounded_tensor(list(node.scale), d, "scale"), (1,) * self.ndim,
                                   (0,) * self.ndim, (1,) * self.ndim, shift)
         if isinstance(node, Split):
             return self.identity(in_shape[0])[node.start:node.stop]

@@ -13,23 +13,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
-                             GlobalAvgPool, Input, Linear, Network, Split)
-
-from .kernels import _rounded, check_float_dtype
+from ..algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose,
+                               Flatten, GlobalAvgPool, Input, Linear, Network, Split)
+from .functional import avg_pool_nd, conv_nd, conv_transpose_nd
+from .inputs import check_float_dtype, rounded_tensor
 
 __all__ = ["NetworkModule", "network_forward"]
-
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-
-
-def _tensor(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
-    """Weights as a ``dtype`` tensor: every exact rational rounded ONCE, correctly
-    (:func:`algebra.exact.round_rational`), floats rounded once; symbolic, complex and
-    non-finite entries refused."""
-    return _rounded(values, dtype, what)
 
 
 def _pad_list(padding: tuple[tuple[int, int], ...]) -> list[int]:
@@ -57,14 +46,14 @@ class NetworkModule(torch.nn.Module):
             node = network.nodes[name]
             if isinstance(node, (Conv, ConvTranspose, Linear)):
                 self.params[name] = {
-                    "weight": _tensor(node.weight, dtype, f"node {name!r} weight"),
-                    "bias": None if node.bias is None else _tensor(node.bias, dtype, f"node {name!r} bias")}
+                    "weight": rounded_tensor(node.weight, dtype, f"node {name!r} weight"),
+                    "bias": None if node.bias is None else rounded_tensor(node.bias, dtype, f"node {name!r} bias")}
             elif isinstance(node, ChannelAffine):
                 self.params[name] = {
-                    "scale": _tensor(list(node.scale), dtype, f"node {name!r} scale"),
-                    "shift": None if node.shift is None else _tensor(list(node.shift), dtype, f"node {name!r} shift")}
+                    "scale": rounded_tensor(list(node.scale), dtype, f"node {name!r} scale"),
+                    "shift": None if node.shift is None else rounded_tensor(list(node.shift), dtype, f"node {name!r} shift")}
             elif isinstance(node, Add) and node.coefficients is not None:
-                self.params[name] = {"coefficients": _tensor(list(node.coefficients), dtype,
+                self.params[name] = {"coefficients": rounded_tensor(list(node.coefficients), dtype,
                                                              f"node {name!r} coefficients")}
 
     def _check_input(self, x: Any) -> None:
@@ -108,10 +97,10 @@ class NetworkModule(torch.nn.Module):
                 if any(pair != (0, 0) for pair in node.padding):
                     mode = "constant" if node.mode == "zeros" else node.mode
                     h = F.pad(h, _pad_list(node.padding), mode=mode)
-                out = _CONV[ndim](h, p["weight"], p["bias"], stride=node.stride,
+                out = conv_nd(ndim)(h, p["weight"], p["bias"], stride=node.stride,
                                   dilation=node.dilation, groups=node.groups)
             elif isinstance(node, ConvTranspose):
-                out = _CONV_T[ndim](inputs[0], p["weight"], p["bias"], stride=node.stride,
+                out = conv_transpose_nd(ndim)(inputs[0], p["weight"], p["bias"], stride=node.stride,
                                     padding=node.padding, output_padding=node.output_padding,
                                     groups=node.groups, dilation=node.dilation)
             elif isinstance(node, ChannelAffine):
@@ -129,7 +118,7 @@ class NetworkModule(torch.nn.Module):
             elif isinstance(node, Split):
                 out = inputs[0][:, node.start:node.stop]
             elif isinstance(node, AvgPool):
-                out = _POOL[ndim](inputs[0], node.kernel_size, node.stride, node.padding,
+                out = avg_pool_nd(ndim)(inputs[0], node.kernel_size, node.stride, node.padding,
                                   count_include_pad=node.count_include_pad)
             elif isinstance(node, GlobalAvgPool):
                 out = inputs[0].mean(dim=tuple(range(2, 2 + ndim)), keepdim=True)

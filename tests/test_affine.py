@@ -113,7 +113,7 @@ def test_exact_small_cases_by_hand() -> None:
     def f(x: torch.Tensor) -> torch.Tensor:  # a plain function: 2x + 1, elementwise
         return 2 * x + 1
     amap = extract_affine(f, (2, 3))
-    assert amap.method == "jvp" and amap.out_shape == (2, 3)  # n_out = n_in: forward mode
+    assert amap.method == "jvp" and amap.output_shape == (2, 3)  # n_out = n_in: forward mode
     assert torch.equal(amap.W, 2 * torch.eye(6, dtype=torch.float64))
     assert torch.equal(amap.B, torch.ones(6, dtype=torch.float64))
     for method in METHODS:

@@ -39,8 +39,8 @@ def chain(seed, ndim, channels, kernels, strides):
 @pytest.mark.parametrize("ndim,circular", [(2, False), (2, True), (1, False), (1, True)])
 def test_all_methods_agree_with_torch_layers(ndim, circular):
     weights, biases, strides = chain(ndim + 2 * circular, ndim, [3, 16, 16, 5], [3, 3, 1], [2, 1, 2])
-    padding = "circular" if circular else "zero"
-    layers = [KernelOperator.from_torch_weight(w, b, stride=s,
+    padding = "circular" if circular else "zeros"
+    layers = [KernelOperator.from_weight(w, b, stride=s,
                                                padding=(w.shape[-1] - 1) // 2 if circular else 0)
               for w, b, s in zip(weights, biases, strides)]
     total = layers[0]
@@ -70,7 +70,7 @@ def test_methods_match_exact_application(seed, low, k, stride, periods, circular
     op = KernelOperator(torch.randn(2, 2, k, generator=g, dtype=torch.float64), low, stride,
                         torch.randn(2, generator=g, dtype=torch.float64))
     n = stride * periods + (0 if circular else k + 4)  # zero padding: room for the reach
-    padding = "circular" if circular else "zero"
+    padding = "circular" if circular else "zeros"
     x = torch.randn(1, 2, n, generator=g, dtype=torch.float64)
     out = op.output_shape((n,), padding)
     exact = apply_operator(op.to_algebra(), x[0].numpy(), out, periodic=circular)
@@ -85,7 +85,7 @@ def test_methods_match_exact_application(seed, low, k, stride, periods, circular
 def test_report_says_when_collapsing_does_not_pay():
     """A 64 -> 4 -> 64 bottleneck: the collapsed 64x64 5x5 kernel costs far more."""
     weights, biases, strides = chain(3, 2, [64, 4, 64], [3, 3], [1, 1])
-    layers = [KernelOperator.from_torch_weight(w, b, padding=0) for w, b in zip(weights, biases)]
+    layers = [KernelOperator.from_weight(w, b, padding=0) for w, b in zip(weights, biases)]
     total = layers[1] @ layers[0]
     size = (2, 64, 20, 20)
     report = estimate_costs(total, size, layers=layers)
@@ -103,7 +103,7 @@ def test_report_says_when_collapsing_does_not_pay():
 
 def test_report_prefers_collapse_fft_and_gemm_where_they_win():
     weights, biases, _ = chain(4, 2, [64, 64, 64], [1, 1], [1, 1])
-    layers = [KernelOperator.from_torch_weight(w, b) for w, b in zip(weights, biases)]
+    layers = [KernelOperator.from_weight(w, b) for w, b in zip(weights, biases)]
     report = estimate_costs(layers[1] @ layers[0], (8, 64, 16, 16), layers=layers)
     assert report.collapse_pays is True and report.chosen != "layers"
     assert "collapsing pays" in report.reason

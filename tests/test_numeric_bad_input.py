@@ -23,7 +23,7 @@ K = KernelOperator
 @pytest.fixture
 def op() -> KernelOperator:
     torch.manual_seed(0)
-    return K.from_torch_weight(torch.randn(4, 3, 3, 3, dtype=torch.float64), padding=1)
+    return K.from_weight(torch.randn(4, 3, 3, 3, dtype=torch.float64), padding=1)
 
 
 # -- 1. KernelOperator construction and arithmetic --------------------------------------------
@@ -47,7 +47,7 @@ def test_complex_coefficients_are_refused(coeffs) -> None:
     with pytest.raises(TypeError, match="complex weights not supported"):
         K(coeffs)
     with pytest.raises(TypeError, match="complex weights not supported"):
-        K.from_torch_weight(coeffs)
+        K.from_weight(coeffs)
 
 
 def test_complex_bias_is_refused() -> None:
@@ -60,7 +60,7 @@ def test_non_floating_dtype_is_refused(op: KernelOperator) -> None:
     with pytest.raises(TypeError, match="floating point"):
         K(w, dtype=torch.int64)
     with pytest.raises(TypeError, match="floating point"):
-        K.from_torch_weight(w, dtype=torch.int64)
+        K.from_weight(w, dtype=torch.int64)
     with pytest.raises(TypeError, match="floating point"):
         op.to(torch.int32)
     with pytest.raises(TypeError, match="float16 is not supported"):
@@ -195,8 +195,8 @@ def test_extract_affine_refuses_non_finite_weights_and_outputs() -> None:
 
 
 @pytest.mark.parametrize("shape", [(1, -4, 4), (1, 0, 4), ()])
-def test_extract_affine_validates_in_shape(shape) -> None:
-    with pytest.raises(ValueError, match="in_shape"):
+def test_extract_affine_validates_input_shape(shape) -> None:
+    with pytest.raises(ValueError, match="input_shape"):
         extract_affine(nn.Identity(), shape)
 
 
@@ -281,7 +281,7 @@ def test_operator_evaluator_input(op: KernelOperator) -> None:
 
 def test_implicit_solve_input_h_and_singular_systems() -> None:
     torch.manual_seed(0)
-    k = K.from_torch_weight(torch.randn(3, 3, 3, 3, dtype=torch.float64), padding=1)
+    k = K.from_weight(torch.randn(3, 3, 3, 3, dtype=torch.float64), padding=1)
     y = torch.randn(3, 8, 8, dtype=torch.float64)
     assert torch.allclose(implicit_solve(k, y.numpy(), 0.1), implicit_solve(k, y, 0.1))
     for h in (float("nan"), float("inf")):

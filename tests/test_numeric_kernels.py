@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from laurentnet.algebra import ConvOperator
-from laurentnet.numeric.kernels import KernelOperator, block_diag, polymatmul, vstack
+from laurentnet.numeric import KernelOperator, block_diag, polymatmul, vstack
 from laurentnet.numeric.memory import MemoryBudgetError
 
 CONV = {1: F.conv1d, 2: F.conv2d}
@@ -39,14 +39,14 @@ def both(layer):
     """The same layer in the numeric and in the exact package."""
     w, b, stride, padding, dilation, groups = layer
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    num = KernelOperator.from_torch_weight(w, b, **kw)
+    num = KernelOperator.from_weight(w, b, **kw)
     alg = ConvOperator.from_weight(w.numpy(), None if b is None else b.numpy(), **kw)
     return num, alg
 
 
 @FAST
 @given(layers())
-def test_from_torch_weight_matches_algebra_exactly(layer):
+def test_from_weight_matches_algebra_exactly(layer):
     num, alg = both(layer)
     assert num.to_algebra() == alg
     back = KernelOperator.from_algebra(alg)
@@ -99,13 +99,13 @@ def test_composition_at_64_channels_matches_torch_layers():
     ref = x
     for w, b, (*_, s) in zip(weights, biases, specs):
         ref = F.conv2d(ref, w, b, stride=s)
-    ops = [KernelOperator.from_torch_weight(w, b, stride=s)
+    ops = [KernelOperator.from_weight(w, b, stride=s)
            for w, b, (*_, s) in zip(weights, biases, specs)]
     total = ops[0]
     for op in ops[1:]:
         total = op @ total
     assert total.stride == (4, 4) and total.shape == (32, 3)
-    t = total.to_torch_weight()
+    t = total.to_weight()
     y = F.conv2d(x, t.weight, t.bias, stride=t.stride, padding=t.padding)
     assert y.shape == ref.shape
     torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
@@ -114,23 +114,23 @@ def test_composition_at_64_channels_matches_torch_layers():
     for op in ops[1:]:
         total32 = op.to(torch.float32).compose(total32, method="conv")
     assert total32.dtype == torch.float32
-    t32 = total32.to_torch_weight()
+    t32 = total32.to_weight()
     y32 = F.conv2d(x.float(), t32.weight, t32.bias, stride=t32.stride, padding=t32.padding)
     torch.testing.assert_close(y32.double(), ref, rtol=1e-4, atol=1e-4)
 
 
 @FAST
 @given(st.integers(-3, 3), st.integers(1, 4), st.integers(1, 2), st.integers(0, 2**31 - 1))
-def test_to_torch_weight_matches_algebra_layout(low, size, stride, seed):
+def test_to_weight_matches_algebra_layout(low, size, stride, seed):
     """Kernels looking only ahead (high < 0) or only back (low > 0) included."""
     g = torch.Generator().manual_seed(seed)
     op = KernelOperator(torch.randn(2, 3, size, generator=g, dtype=torch.float64), low, stride,
                         torch.randn(2, generator=g, dtype=torch.float64))
-    mine = op.to_torch_weight()
+    mine = op.to_weight()
     theirs = op.to_algebra().to_weight()
     assert mine.padding == tuple(theirs.padding) and mine.stride == tuple(theirs.stride)
     np.testing.assert_array_equal(mine.weight.numpy(), theirs.weight)
-    again = KernelOperator.from_torch_weight(mine.weight, mine.bias, mine.stride, mine.padding)
+    again = KernelOperator.from_weight(mine.weight, mine.bias, **mine.kwargs())
     assert again.allclose(op, rtol=0, atol=0)
 
 
@@ -138,17 +138,17 @@ def test_groups_block_diag_concat_split_against_torch():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)
     b = torch.randn(6, generator=g, dtype=torch.float64)
-    grouped = KernelOperator.from_torch_weight(w, b, padding=1, groups=3)
-    parts = [KernelOperator.from_torch_weight(w[2 * i:2 * i + 2], b[2 * i:2 * i + 2], padding=1)
+    grouped = KernelOperator.from_weight(w, b, padding=1, groups=3)
+    parts = [KernelOperator.from_weight(w[2 * i:2 * i + 2], b[2 * i:2 * i + 2], padding=1)
              for i in range(3)]
     assert block_diag(parts).allclose(grouped, rtol=0, atol=0)
     x = torch.randn(2, 6, 7, 8, generator=g, dtype=torch.float64)
-    t = grouped.to_torch_weight()
+    t = grouped.to_weight()
     torch.testing.assert_close(F.conv2d(x, t.weight, t.bias, padding=t.padding),
                                F.conv2d(x, w, b, padding=1, groups=3))
     # channel concatenation and split are inverse; concat output = cat of outputs
     w2 = torch.randn(4, 6, 1, 1, generator=g, dtype=torch.float64)
-    shifted = KernelOperator.from_torch_weight(w2, padding=0)
+    shifted = KernelOperator.from_weight(w2, padding=0)
     stacked = vstack([grouped, shifted])
     assert stacked[:6].allclose(grouped, rtol=0, atol=0)
     assert stacked[6:].allclose(shifted, rtol=0, atol=0)
@@ -159,13 +159,13 @@ def test_groups_block_diag_concat_split_against_torch():
 def test_adjoint_is_conv_transpose():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(5, 3, 3, 4, generator=g, dtype=torch.float64)
-    op = KernelOperator.from_torch_weight(w, padding=(1, 2))
+    op = KernelOperator.from_weight(w, padding=(1, 2))
     y = torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64)
-    t = op.adjoint().to_torch_weight()
+    t = op.adjoint().to_weight()
     mine = F.conv2d(y, t.weight, padding=t.padding)
     torch.testing.assert_close(mine, F.conv_transpose2d(y, w, padding=(1, 2)))
     with pytest.raises(ValueError, match="up-sampling"):
-        KernelOperator.from_torch_weight(w, stride=2).adjoint()
+        KernelOperator.from_weight(w, stride=2).adjoint()
 
 
 def test_polymatmul_methods_agree_and_handle_dilation():
@@ -200,7 +200,7 @@ def test_errors_are_clear():
     with pytest.raises(AttributeError, match="immutable"):
         op.stride = (2, 2)
     with pytest.raises(ValueError, match="non-finite"):
-        KernelOperator.from_torch_weight(torch.tensor([[[1.0, float("nan")]]]))
+        KernelOperator.from_weight(torch.tensor([[[1.0, float("nan")]]]))
     with pytest.raises(ValueError, match="takes 2 channels"):
         op @ KernelOperator.identity(3)
     with pytest.raises(ValueError, match="strides"):
@@ -246,6 +246,6 @@ def test_fft_composition_keeps_structural_zeros_exact():
     assert [e for e, _ in got.matrix[0][0].terms()] == [e for e, _ in exact.matrix[0][0].terms()]
     assert C.allclose(KernelOperator.from_algebra(exact), rtol=1e-14, atol=0)
     g = torch.randn(4, 2, 3, dtype=torch.float64)
-    G = KernelOperator.from_torch_weight(g, groups=2, padding=1)
+    G = KernelOperator.from_weight(g, groups=2, padding=1)
     GG = G.compose(G, method="fft")
     assert torch.count_nonzero(GG.coeffs[:2, 2:]) == 0 and torch.count_nonzero(GG.coeffs[2:, :2]) == 0

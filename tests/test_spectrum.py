@@ -58,15 +58,15 @@ def test_symbol_of_composition_is_product_with_noble_identity():
     """Frequency form of K = K2(z^s1) K1(z): symbol(A2 @ A1)(θ) = symbol(A2)(s1 θ) symbol(A1)(θ)."""
     w1, p1, _, _ = random_layer(1, 4, 3, 3)
     w2, p2, _, _ = random_layer(2, 2, 4, 3)
-    a1 = KernelOperator.from_torch_weight(w1, padding=p1, stride=2)
-    a2 = KernelOperator.from_torch_weight(w2, padding=p2)
+    a1 = KernelOperator.from_weight(w1, padding=p1, stride=2)
+    a2 = KernelOperator.from_weight(w2, padding=p2)
     n = 12
     lhs = symbol(a2 @ a1, n)
     s1 = symbol(a1, n)
     double = torch.arange(n) * 2 % n
     s2 = symbol(a2, n)[double][:, double]
     torch.testing.assert_close(lhs, s2 @ s1)
-    b = KernelOperator.from_torch_weight(w1, padding=p1)
+    b = KernelOperator.from_weight(w1, padding=p1)
     torch.testing.assert_close(symbol(b.adjoint(), n), symbol(b, n).mH)
 
 
@@ -75,7 +75,7 @@ def test_symbol_of_composition_is_product_with_noble_identity():
        st.sampled_from([1, 2]), st.sampled_from([1, 2]))
 def test_singular_values_and_norm_match_dense_circulant(seed, c_out, c_in, k, stride, dilation):
     w, p, s, d = random_layer(seed, c_out, c_in, k, stride, dilation)
-    op = KernelOperator.from_torch_weight(w, padding=p, stride=s, dilation=d)
+    op = KernelOperator.from_weight(w, padding=p, stride=s, dilation=d)
     n = (6, 4)
     D = dense_circular(w, p, s, d, n)
     expected = torch.linalg.matrix_norm(D, ord=2).item()
@@ -96,7 +96,7 @@ def test_lipschitz_bound_of_a_chain():
     size = n
     for seed, o, i, k, s in specs:
         w, p, _, _ = random_layer(seed, o, i, k)
-        layers.append(KernelOperator.from_torch_weight(w, torch.ones(o), padding=p, stride=s))
+        layers.append(KernelOperator.from_weight(w, torch.ones(o), padding=p, stride=s))
         dense.append(dense_circular(w, p, s, 1, size))
         size = tuple(m // s for m in size)
     bound = lipschitz_bound(layers, n)
@@ -111,7 +111,7 @@ def test_lipschitz_bound_of_a_chain():
                                                  (3, 3, -0.3, False)])  # h < 0: indefinite, LU
 def test_implicit_solve_matches_dense_solve(c_out, c_in, h, batched):
     w, p, _, _ = random_layer(c_out * 10 + c_in, c_out, c_in, 3)
-    op = KernelOperator.from_torch_weight(w, padding=p)
+    op = KernelOperator.from_weight(w, padding=p)
     n = (6, 5)
     D = dense_circular(w, p, 1, 1, n)
     A = torch.eye(D.shape[1], dtype=torch.float64) + h * D.T @ D
@@ -123,7 +123,7 @@ def test_implicit_solve_matches_dense_solve(c_out, c_in, h, batched):
 
 
 def test_spectrum_errors_and_budget(monkeypatch):
-    op = KernelOperator.from_torch_weight(torch.ones(2, 2, 3, 3), stride=2)
+    op = KernelOperator.from_weight(torch.ones(2, 2, 3, 3), stride=2)
     with pytest.raises(ValueError, match="divide"):
         operator_norm(op, (5, 6))
     with pytest.raises(ValueError, match="stride-1"):
