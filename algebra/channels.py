@@ -22,6 +22,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _integer_dtype(dtype: Any) -> bool:
+    """An integer (not boolean) numpy or torch dtype, told apart by name (no torch import)."""
+    name = str(dtype).removeprefix("torch.")
+    return "int" in name and "bool" not in name
+
+
 def channel_index(rows: Any, count: int, what: str) -> list[int]:
     """The selected channels of ``range(count)`` as non-negative ints, in order.
 
@@ -33,11 +39,8 @@ def channel_index(rows: Any, count: int, what: str) -> list[int]:
         index = list(range(count))[rows]
     elif _is_int(rows):
         index = [rows]
-    elif hasattr(rows, "tolist") and not isinstance(rows, (str, bytes)):
-        kind = getattr(getattr(rows, "dtype", None), "is_floating_point", None)
-        if kind or getattr(rows, "ndim", 1) > 1 or "bool" in str(getattr(rows, "dtype", "")) \
-                or "float" in str(getattr(rows, "dtype", "")) \
-                or "complex" in str(getattr(rows, "dtype", "")):
+    elif hasattr(rows, "tolist") and hasattr(rows, "dtype"):  # a numpy array or a tensor
+        if getattr(rows, "ndim", 1) > 1 or not _integer_dtype(rows.dtype):
             raise TypeError(f"{what} index must be an int, a slice or a sequence of ints, "
                             f"got {rows!r}")
         flat = rows.tolist()

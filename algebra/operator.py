@@ -7,7 +7,7 @@ An operator ``A = (K, s, u, b)`` with ``K`` a ``C_out x C_in`` matrix over a
     Y(z) = down_s( K(z) X(z^u) ) + b            (b constant per output channel)
 
 i.e. ``A = down_s ∘ K ∘ up_u`` plus a bias.  A PyTorch ``conv*d`` is ``u = 1``; a
-``conv_transpose*d`` is ``s = 1``.  The algebra (DESIGN.md):
+``conv_transpose*d`` is ``s = 1``.  The algebra (``docs/conventions.md``):
 
 * composition ``A2 @ A1`` is the matrix product after moving strides to the end and
   up-sampling to the front by the noble identities ``K(z) down_s = down_s K(z^s)`` and

@@ -13,7 +13,7 @@ medians over ``--repeats``):
 * the max relative error ``max|y - y_ref| / max|y_ref|`` of both against the float64
   network (on the same float32 input).
 
-Targets (DESIGN.md / the issue): speedup >= 1000, collapse <= 20 single-image forward
+Targets: speedup >= 1000, collapse <= 20 single-image forward
 passes, collapsed error <= the float32 original's error.
 
     python benchmarks/linear_resnet.py [--repeats 5] [--batch 256] [--threads N] [--json]

@@ -19,6 +19,15 @@ class UsageError(Exception):
     """A problem with the user's input: reported in one line, exit status 2."""
 
 
+def _version() -> str:
+    """The installed distribution's version (one source of truth: ``setup.cfg``)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("laurentnet")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``laurentnet demo: error: ...``), exit status 2."""
 
@@ -49,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convolutional networks as matrices of Laurent polynomials: "
                     "collapse, prove, evaluate fast.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"laurentnet {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(

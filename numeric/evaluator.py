@@ -10,7 +10,7 @@ All methods compute the same window (:meth:`KernelOperator.output_shape`):
 ``OperatorEvaluator`` picks the method from :func:`numeric.cost.estimate_costs` unless told.
 The original layers agree with the collapsed operator for circular padding (strides dividing
 the sizes) and for chains of 'valid' layers; with zero 'same' padding the layers crop at
-every step and agree only on the interior (DESIGN.md, "Boundaries").
+every step and agree only on the interior (``docs/conventions.md``, "regions").
 """
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def test_circular_next_to_zero_padding_is_not_periodic_and_region_is_honest():
 
 # -- small deterministic cases with a known region -----------------------------------------
 def test_two_zero_padded_3x3_convs_lose_a_one_pixel_border():
-    """DESIGN.md: two 3x3 zero-padded convs differ from their 5x5 product on a 1-pixel
+    """docs/conventions.md: two 3x3 zero-padded convs differ from their 5x5 product on a 1-pixel
     border."""
     rng = np.random.default_rng(2)
     net = Network(2, 1)

@@ -1,5 +1,5 @@
 """Bad input to numeric/: a clear ValueError/TypeError naming the problem, never a silent
-wrong answer or a raw torch error from deep inside (DESIGN.md, "Safety and bad input")."""
+wrong answer or a raw torch error from deep inside (the package promise: clear errors, no silent wrong answers)."""
 from __future__ import annotations
 
 import numpy as np
