@@ -27,7 +27,7 @@ from .regions import mode_index
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                       GlobalAvgPool, Input, Linear, Network, Shape, Split)
 
-__all__ = ["AffineMap", "collapse_affine", "layer_matrix", "index_map"]
+__all__ = ["AffineMap", "collapse_affine", "layer_matrix", "index_map", "flat_index"]
 
 _BYTES_PER_EXACT_ENTRY = 100  # a dict slot plus a gmpy rational, roughly
 
@@ -40,7 +40,9 @@ def index_map(mode: str, size: int) -> Callable[[int], int | None]:
     return lambda j: int(mode_index(mode, np.int64(j), size))
 
 
-def _flat(shape: Shape) -> Callable[[int, tuple[int, ...]], int]:
+def flat_index(shape: Shape) -> Callable[[int, tuple[int, ...]], int]:
+    """Position of ``(channel c, spatial position pos)`` in a tensor of ``shape`` flattened
+    in C order: ``c * prod(n) + sum_k pos_k * prod(n_{k+1:})`` (how ``W`` indexes ``X``)."""
     spatial = shape[1:]
     strides = [int(np.prod(spatial[k + 1:])) for k in range(len(spatial))]
     plane = int(np.prod(spatial))
@@ -58,7 +60,7 @@ def _conv_entries(node: Conv, in_shape: Shape, out_shape: Shape, domain: Domain)
     weight = _converted(node.weight, domain)
     maps = [index_map(node.mode if pads != (0, 0) else "zeros", n)
             for pads, n in zip(node.padding, in_shape[1:])]
-    row_of, col_of = _flat(out_shape), _flat(in_shape)
+    row_of, col_of = flat_index(out_shape), flat_index(in_shape)
     out_per_group = out_shape[0] // node.groups
     in_per_group = in_shape[0] // node.groups
     rows: dict[int, dict[int, Any]] = {}
@@ -92,7 +94,7 @@ def _conv_entries(node: Conv, in_shape: Shape, out_shape: Shape, domain: Domain)
 def _conv_transpose_entries(node: ConvTranspose, in_shape: Shape, out_shape: Shape,
                             domain: Domain):
     weight = _converted(node.weight, domain)
-    row_of, col_of = _flat(out_shape), _flat(in_shape)
+    row_of, col_of = flat_index(out_shape), flat_index(in_shape)
     out_per_group = out_shape[0] // node.groups
     in_per_group = in_shape[0] // node.groups
     rows: dict[int, dict[int, Any]] = {}
@@ -121,7 +123,7 @@ def _pool_entries(node: AvgPool | GlobalAvgPool, in_shape: Shape, out_shape: Sha
     else:
         kernel, stride, padding, include = node.kernel_size, node.stride, node.padding, \
             node.count_include_pad
-    row_of, col_of = _flat(out_shape), _flat(in_shape)
+    row_of, col_of = flat_index(out_shape), flat_index(in_shape)
     rows: dict[int, dict[int, Any]] = {}
     for i in np.ndindex(*out_shape[1:]):
         reads = []

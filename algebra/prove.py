@@ -27,7 +27,7 @@ import numpy as np
 import sympy
 from sympy.polys.domains.domain import Domain
 
-from .affine_map import _flat, collapse_affine
+from .affine_map import flat_index, collapse_affine
 from .collapse import collapse
 from .network import Network
 from .operator import ConvOperator
@@ -104,7 +104,7 @@ def operator_rows(op: ConvOperator, input_shape: Sequence[int], output_shape: Se
     ``positions`` (a boolean mask over the output window) limits the rows."""
     input_shape, output_shape = tuple(input_shape), tuple(output_shape)
     n = input_shape[1:]
-    row_of, col_of = _flat(output_shape), _flat(input_shape)
+    row_of, col_of = flat_index(output_shape), flat_index(input_shape)
     dom = op.ring.domain
     rows: dict[int, dict[int, Any]] = {}
     entries = [[list(op.matrix[o][c].iterterms()) for c in range(op.in_channels)]
@@ -356,7 +356,7 @@ def prove_collapse(network: Network, input_shape: Sequence[int], *,
     op = op.set_ring(op.ring.with_domain(domain))
     net_rows = affine.W.convert_to(domain).rep.to_dod()
     net_bias = {r: domain.convert_from(b, affine.domain) for r, b in enumerate(affine.B) if b}
-    row_of = _flat(out)
+    row_of = flat_index(out)
     rows = [row_of(o, i) for i in np.ndindex(*out[1:]) if mask[i] for o in range(out[0])]
     claim = claim or (f"the network equals its collapsed operator on "
                       f"{int(mask.sum())} of {mask.size} output positions"
