@@ -32,11 +32,26 @@ __all__ = ["LaurentRing", "LaurentPoly", "laurent_ring", "per_axis"]
 Monomial = tuple[int, ...]
 
 
-def per_axis(value: int | Sequence[int], ngens: int, name: str) -> tuple[int, ...]:
-    """Broadcast an int to one value per axis, or check a per-axis sequence's length."""
+def _axis_int(value: Any, name: str) -> int:
+    """One integer: an int, or a float that is exactly an integer (``2.0``); anything else
+    (``1.7``, a bool, a string) is refused, as PyTorch refuses it."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be integers, got the bool {value!r}")
     if isinstance(value, (int, np.integer)):
-        return (int(value),) * ngens
-    values = tuple(int(v) for v in value)
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        raise ValueError(f"{name} must be integers, got {value!r} (it would be truncated)")
+    raise TypeError(f"{name} must be integers, got {value!r}")
+
+
+def per_axis(value: int | Sequence[int], ngens: int, name: str) -> tuple[int, ...]:
+    """Broadcast an int to one value per axis, or check a per-axis sequence's length; every
+    value must be an integer (an integral float like ``2.0`` is accepted)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return (_axis_int(value, name),) * ngens
+    values = tuple(_axis_int(v, name) for v in value)
     if len(values) != ngens:
         raise ValueError(f"{name} needs {ngens} values (one per axis), got {len(values)}")
     return values

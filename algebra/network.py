@@ -103,6 +103,8 @@ def _exact_array(values: Any, what: str) -> np.ndarray:
         _check_values(array.flat, what)
     if array.size == 0:
         raise ValueError(f"{what} is empty (shape {array.shape})")
+    array = np.array(array, copy=True)  # a network is a value: later edits of the
+    array.setflags(write=False)         # caller's array must not change it
     return array
 
 

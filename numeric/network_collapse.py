@@ -19,7 +19,7 @@ from ..algebra.collapse import CollapseResult, collapse_walk
 from ..algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
                              Network, Shape, Split)
 
-from .inputs import check_float_dtype, rounded_tensor
+from .inputs import as_real_tensor, check_float_dtype, rounded_tensor
 from .kernels import KernelOperator, vstack
 
 __all__ = ["NumericCollapse", "collapse_numeric", "affine_numeric"]
@@ -114,7 +114,7 @@ class NumericCollapse(CollapseResult):
         """The collapsed operator on a batch ``(B, *input_shape)`` (or one input), on the
         network's output window: equal to the network where ``region`` is True."""
         from .evaluator import conv_direct, conv_window
-        x = torch.as_tensor(x, dtype=self.operator.dtype)
+        x = as_real_tensor(x, "the input").to(self.operator.dtype)
         single = x.ndim == len(self.input_shape)
         if tuple(x.shape[int(not single):]) != tuple(self.input_shape):
             raise ValueError(f"expected inputs of shape {self.input_shape}, got {tuple(x.shape)}")

@@ -196,3 +196,41 @@ def test_cli_argparse_errors_are_one_line(capsys):
         main(["demo", "--bogus"])
     assert exit_info.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+# -- silent wrong answers found by probing (issue: no silent wrong answers) ----------------
+
+@pytest.mark.parametrize("kw", [{"stride": (1.7, 1.7)}, {"padding": (0.9, 0.9)},
+                                {"dilation": 1.5}, {"stride": True}])
+def test_fractional_or_boolean_geometry_is_refused_not_truncated(kw):
+    import torch
+    from laurentnet.numeric import KernelOperator
+    w = np.ones((1, 1, 3, 3))
+    for build in (lambda: ConvOperator.from_weight(w, **kw),
+                  lambda: KernelOperator.from_weight(torch.ones(1, 1, 3, 3), **kw)):
+        with pytest.raises((TypeError, ValueError), match="integers"):
+            build()
+
+
+def test_integral_floats_are_accepted_as_integers():
+    op = ConvOperator.from_weight(np.ones((1, 1, 3, 3)), stride=(2.0, 2.0), padding=1.0)
+    assert op.stride == (2, 2)
+
+
+def test_the_network_owns_its_weights():
+    w = np.ones((1, 1, 3, 3))
+    net = Network(ndim=2, in_channels=1)
+    net.set_output(net.conv(net.input, w, padding=1))
+    before = collapse(net, (1, 4, 4)).operator
+    w[...] = 7.0  # the caller edits its array afterwards
+    assert collapse(net, (1, 4, 4)).operator == before
+
+
+def test_numeric_collapse_apply_refuses_complex_input():
+    import torch
+    from laurentnet.numeric import collapse_numeric
+    net = Network(ndim=2, in_channels=1)
+    net.set_output(net.conv(net.input, np.ones((1, 1, 3, 3))))
+    result = collapse_numeric(net, (1, 5, 5))
+    with pytest.raises(TypeError, match="complex"):
+        result.apply(torch.ones(1, 5, 5, dtype=torch.complex128))
