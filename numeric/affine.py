@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 import warnings
 import weakref
@@ -166,6 +167,11 @@ class AffineModule(nn.Module):
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, output_shape={self.output_shape}, dtype={self.weight.dtype}"
 
+
+#: Extractions run one at a time: torch's forward-AD levels and functorch's transform stack
+#: are process-global, and two concurrent ``jvp`` extractions were seen to return W = 0
+#: without an error.  Serialising them is correct and costs nothing for one caller.
+_EXTRACTION_LOCK = threading.RLock()
 
 #: float64 (or other dtype) copies of module weights, reused across extractions of the same
 #: module: re-copying values into warm memory costs ~1/8 of fresh allocations, which the
@@ -325,7 +331,8 @@ def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, input_
                 "collapse its linear segments instead (or pass refuse_nonlinear_modules=False "
                 "if these modules are never called).")
     mode = GemmConvMode() if gemm_conv else contextlib.nullcontext()
-    with torch.inference_mode(False), torch.enable_grad(), mode, warnings.catch_warnings():
+    with _EXTRACTION_LOCK, torch.inference_mode(False), torch.enable_grad(), mode, \
+            warnings.catch_warnings():
         # torch's own noise: functorch ops without a batching rule (a loop, still
         # correct) and the deprecated torch.jit.script inside forward-AD decompositions
         warnings.filterwarnings("ignore", message="There is a performance drop")

@@ -242,3 +242,33 @@ def test_gemm_conv2d_weight_gradients_fall_back_to_autograd() -> None:
     ref = torch.autograd.grad(F.conv2d(x, w, None, (2, 1), (1, 1)), (x, w), cot)
     got = torch.autograd.grad(gemm_conv2d(x, w, None, (2, 1), (1, 1)), (x, w), cot)
     assert all(max_abs(a, b) <= 1e-12 for a, b in zip(got, ref))
+
+
+def test_concurrent_extractions_are_correct():
+    """Two threads extracting at once get the same W as one thread: never the zeros (or
+    forward-AD RuntimeErrors) that torch's process-global AD state gave without the lock
+    (about half of 80 JVP calls failed so before the fix)."""
+    import threading
+    from laurentnet.algebra import Network
+    from laurentnet.numeric import affine_numeric
+    net = Network(ndim=2, in_channels=2)
+    net.set_output(net.conv(net.input, np.random.default_rng(0).normal(size=(2, 2, 3, 3)),
+                            padding=1))
+    expected = affine_numeric(net, (2, 5, 5), method="jvp").W
+    assert float(expected.abs().max()) > 0
+    failures: list[str] = []
+
+    def work() -> None:
+        for _ in range(30):
+            try:
+                W = affine_numeric(net, (2, 5, 5), method="jvp").W
+                if not torch.allclose(W, expected, rtol=0, atol=1e-13):
+                    failures.append(f"wrong W, max |W| = {float(W.abs().max())}")
+            except RuntimeError as exc:
+                failures.append(str(exc))
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
