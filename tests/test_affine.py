@@ -6,6 +6,7 @@ import copy
 import io
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
