@@ -1,7 +1,9 @@
-"""The ``laurentnet`` command line.
+"""The ``laurentnet`` command line, on top of the Python API (:mod:`laurentnet.bridge`).
 
-Every command has ``--help``; bad input exits with status 2 and one line naming the problem
-(``--debug`` shows the traceback); ``--json`` prints a machine-readable report.
+Commands: ``demo``, ``collapse``, ``verify``, ``inspect``.  Every command has ``--help``;
+``--json`` prints one machine-readable object.  Exit status: 0 ok, 1 verification failed,
+2 bad input (one line naming the problem; ``--debug`` shows the traceback), 3 an internal
+error (a bug in laurentnet, reported as such, never as the user's mistake).
 """
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import json
 import math
 import sys
 import traceback
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_input_shape"]
 
 
 class UsageError(Exception):
@@ -35,47 +38,264 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"1,28,28"`` -> ``(1, 28, 28)``: the input shape without the batch axis."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r} is not a list of integers like 1,28,28 "
+                         "(channels first, no batch axis)") from None
+    if any(n <= 0 for n in shape):
+        raise UsageError(f"--input-shape {text!r}: every size must be positive")
+    if not 1 <= len(shape) <= 4:
+        raise UsageError(f"--input-shape {text!r} has {len(shape)} axes; give C or C,L / "
+                         "C,H,W / C,D,H,W (no batch axis)")
+    return shape
+
+
+def _load(source: str, args: argparse.Namespace) -> Any:
+    from .safe_load import load
+    options = json.loads(args.arch_options) if getattr(args, "arch_options", None) else None
+    return load(source, arch=getattr(args, "arch", None), arch_options=options)
+
+
+def _input_shape(args: argparse.Namespace, loaded: Any) -> tuple[int, ...]:
+    shape = parse_input_shape(args.input_shape)
+    if shape is None:
+        shape = loaded.input_shape
+    if shape is None:
+        raise UsageError(f"{loaded.source}: the file has no example input; give --input-shape "
+                         "C,H,W (no batch axis)")
+    return tuple(shape)
+
+
+def _example(shape: tuple[int, ...], loaded: Any):
+    """A seeded example batch; of the program's own batch size when it was exported with a
+    fixed one."""
+    from .verify import random_inputs
+    return random_inputs(shape, _fixed_batch(loaded) or 2, seed=0)
+
+
+def _check_runs(loaded: Any, shape: tuple[int, ...]) -> None:
+    """The model must run on ``(batch, *shape)``: else a one-line error naming the shape."""
+    import torch
+    try:
+        with torch.no_grad():
+            loaded.module(_example(shape, loaded))
+    except Exception as exc:  # the user's model refusing the user's input shape
+        detail = " ".join(str(exc).split())[:200]
+        raise UsageError(f"{loaded.source} does not run on an input of shape (batch, "
+                         f"{', '.join(map(str, shape))}): {type(exc).__name__}: {detail} "
+                         "(check --input-shape)") from None
+
+
+def _fixed_batch(loaded: Any) -> int | None:
+    """The batch size a ``.pt2`` was exported with, when its batch axis is not free."""
+    program = getattr(loaded, "program", None)
+    if program is None or not loaded.example_inputs:
+        return None
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name not in program.graph_signature.inputs_to_parameters \
+                and node.name not in program.graph_signature.inputs_to_buffers \
+                and node.name not in program.graph_signature.inputs_to_lifted_tensor_constants:
+            value = node.meta.get("val")
+            if value is not None and value.ndim and isinstance(value.shape[0], int):
+                return int(value.shape[0])
+            return None
+    return None
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    print(json.dumps(payload, default=str) if args.json else text)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    if args.channels < 1 or args.repeats < 1:
-        raise UsageError("--channels and --repeats must be positive")
+    if args.channels < 1 or args.repeats < 1 or args.epochs < 1:
+        raise UsageError("--channels, --epochs and --repeats must be positive")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         raise UsageError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     report = run_demo(seed=args.seed, channels=args.channels, repeats=args.repeats,
-                      tolerance=args.tolerance)
-    if args.json:
-        print(json.dumps(report.as_dict(), default=list))
-    else:
-        print(report.table())
+                      tolerance=args.tolerance, epochs=args.epochs, out_dir=args.out_dir,
+                      progress=not args.json)
+    _emit(args, report.as_dict(), report.table())
     return 0 if report.ok else 1
+
+
+def _cmd_collapse(args: argparse.Namespace) -> int:
+    from .convert import convert
+    from .files import check_output_path
+    from .verify import verify
+    out = check_output_path(args.output, inputs=[args.model])
+    loaded = _load(args.model, args)
+    shape = _input_shape(args, loaded)
+    _check_runs(loaded, shape)
+    conversion = convert(loaded.module, _example(shape, loaded), mode=args.mode,
+                         allow_inexact=args.allow_inexact, merge_slower=args.merge_slower,
+                         progress=not args.json)
+    check = None
+    if not args.no_verify:
+        batch = _fixed_batch(loaded)
+        check = verify(loaded.module, conversion.module, input_shape=shape,
+                       original_batch=batch, converted_batch=batch, **_region(conversion))
+        if not check.ok:
+            _emit(args, {"report": conversion.report.as_dict(), "verification": check.as_dict(),
+                         "written": None},
+                  f"{conversion.report.table()}\n\n{check.table()}\n\nnot written: verification failed")
+            return 1
+    conversion.save(out)
+    payload = {"report": conversion.report.as_dict(),
+               "verification": None if check is None else check.as_dict(), "written": str(out)}
+    text = conversion.report.table() + ("" if check is None else f"\n\n{check.table()}") + \
+        f"\n\nwritten {out}"
+    _emit(args, payload, text)
+    return 0
+
+
+def _region(conversion: Any) -> dict[str, Any]:
+    """The exact region a conversion holds on, when it is not everywhere."""
+    region = getattr(conversion, "region", None)
+    return {} if region is None else {"region": region,
+                                      "region_text": getattr(conversion, "region_text", None)}
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+    if args.samples < 1:
+        raise UsageError(f"--samples must be positive, got {args.samples}")
+    original = _load(args.original, args)
+    converted = _load(args.converted, args)
+    shape = parse_input_shape(args.input_shape) or original.input_shape or converted.input_shape
+    if shape is None:
+        raise UsageError("neither file has an example input; give --input-shape C,H,W")
+    data = _load_data(args.data) if args.data else None
+    check = verify(original.module, converted.module, input_shape=shape, data=data,
+                   samples=args.samples, seed=args.seed, original_batch=_fixed_batch(original),
+                   converted_batch=_fixed_batch(converted))
+    _emit(args, check.as_dict(), check.table())
+    return 0 if check.ok else 1
+
+
+def _load_data(path: str):
+    """User inputs for ``verify --data``: a ``.npy`` array (no pickles) or a ``.pt`` tensor
+    (``weights_only=True``), shape ``(N, *input_shape)``."""
+    import numpy as np
+    import torch
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--data {path}: no such file")
+    try:
+        if file.suffix == ".npy":
+            return torch.from_numpy(np.load(file, allow_pickle=False)).to(torch.float64)
+        if file.suffix in (".pt", ".pth"):
+            value = torch.load(file, map_location="cpu", weights_only=True)
+            if isinstance(value, torch.Tensor):
+                return value.to(torch.float64)
+            raise UsageError(f"--data {path}: expected one tensor, got {type(value).__name__}")
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise UsageError(f"--data {path}: cannot read it ({exc})") from None
+    raise UsageError(f"--data {path}: use a .npy array or a .pt tensor")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .convert import convert
+    loaded = _load(args.model, args)
+    shape = _input_shape(args, loaded)
+    _check_runs(loaded, shape)
+    conversion = convert(loaded.module, _example(shape, loaded), mode="partial",
+                         progress=not args.json)
+    _emit(args, conversion.report.as_dict(), conversion.report.table())
+    return 0
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", metavar="C,H,W",
+                        help="input shape without the batch axis (default: the .pt2's example)")
+    parser.add_argument("--arch", help="architecture of a state dict (.pt/.pth/.safetensors), "
+                                       "e.g. resnet18, resnet34, resnet_tiny")
+    parser.add_argument("--arch-options", metavar="JSON",
+                        help='options for --arch as JSON, e.g. \'{"linear": true}\'')
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="laurentnet",
         description="Convolutional networks as matrices of Laurent polynomials: "
-                    "collapse, prove, evaluate fast.")
+                    "collapse, prove, evaluate fast.",
+        epilog="Exit status: 0 ok; 1 a check failed (verification, exactness); 2 bad input "
+               "(one line naming the problem); 3 an internal error (a bug in laurentnet: "
+               "rerun with --debug and report the traceback).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"laurentnet {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="collapse a linear residual CNN on the digits, verify and time it",
-        description="Build a linear residual CNN with circular padding (random weights from "
-                    "--seed), collapse it exactly to one strided convolution, run both on "
-                    "scikit-learn's digits in float64, check the error and print the table. "
-                    "Exit status 0 only if the collapse is exact and the float error is within "
-                    "--tolerance.")
-    demo.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+        "demo", help="train a linear residual CNN on the digits, convert, verify, time",
+        description="Train (seeded, a few seconds) a small linear residual CNN on "
+                    "scikit-learn's digits, save it as a .pt2 program, convert it with the "
+                    "same code path as 'collapse', verify it, and collapse its convolutions "
+                    "exactly over QQ with a proof. Exit 0 only if every check passes.")
+    demo.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     demo.add_argument("--channels", type=int, default=8, help="channels per layer (default 8)")
+    demo.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
     demo.add_argument("--repeats", type=int, default=7, help="timing repeats (default 7)")
     demo.add_argument("--tolerance", type=float, default=1e-10,
-                      help="max relative float64 error accepted (default 1e-10)")
+                      help="max relative float64 error of the exact collapse (default 1e-10)")
+    demo.add_argument("--out-dir", help="keep the .pt2 files here (default: a temp folder)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(run=_cmd_demo)
+
+    collapse = commands.add_parser(
+        "collapse", help="convert a model into a faster equivalent one (.pt2), verified",
+        description="Trace MODEL (.pt2, a state dict with --arch, or package.module:factory), "
+                    "merge its linear parts exactly, verify the result against a float64 "
+                    "reference of the original and write it as a torch.export program.")
+    collapse.add_argument("model", metavar="MODEL")
+    collapse.add_argument("-o", "--output", required=True, metavar="OUT.pt2")
+    collapse.add_argument("--mode", choices=("auto", "affine", "kernel", "partial"),
+                          default="auto", help="what to collapse into (default auto)")
+    collapse.add_argument("--allow-inexact", action="store_true",
+                          help="allow a kernel that is exact only on an interior region")
+    collapse.add_argument("--merge-slower", action="store_true",
+                          help="merge segments even where the merged form is slower")
+    collapse.add_argument("--no-verify", action="store_true", help="skip the verification")
+    _model_arguments(collapse)
+    collapse.set_defaults(run=_cmd_collapse)
+
+    check = commands.add_parser(
+        "verify", help="compare a converted model with the original",
+        description="Run ORIGINAL and CONVERTED on seeded random inputs (and --data), compare "
+                    "with a float64 reference of the original; exit 1 when the error exceeds "
+                    "the dtype-aware tolerance.")
+    check.add_argument("original", metavar="ORIGINAL")
+    check.add_argument("converted", metavar="CONVERTED")
+    check.add_argument("--data", help="real inputs: a .npy array or a .pt tensor (N, C, H, W)")
+    check.add_argument("--samples", type=int, default=8, help="random inputs (default 8)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    _model_arguments(check)
+    check.set_defaults(run=_cmd_verify)
+
+    inspect = commands.add_parser(
+        "inspect", help="list a model's linear segments and what they collapse to",
+        description="A table of the linear segments of MODEL: ops, what each collapses to, "
+                    "exactness, estimated and measured time, and the boundaries by name.")
+    inspect.add_argument("model", metavar="MODEL")
+    _model_arguments(inspect)
+    inspect.set_defaults(run=_cmd_inspect)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the input is bad (exit 2)."""
+    from ..algebra.errors import LaurentnetError
+    return (UsageError, LaurentnetError, ValueError, TypeError, OSError, MemoryError,
+            json.JSONDecodeError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,18 +303,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
     if run is None:
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print("laurentnet: error: give a command (demo, collapse, verify, inspect); see "
+              "laurentnet --help", file=sys.stderr)
         return 2
     try:
         return run(args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, MemoryError,
-            RuntimeError) as exc:
+    except _user_errors() as exc:
         if args.debug:
             traceback.print_exc()
         else:
-            message = " ".join(str(exc).split())  # one line
+            message = " ".join(str(exc).split()) or type(exc).__name__  # one line
             print(f"laurentnet {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"laurentnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in laurentnet, not the user's mistake
+        if args.debug:
+            traceback.print_exc()
+        else:
+            message = " ".join(str(exc).split())
+            print(f"laurentnet {args.command}: internal error ({type(exc).__name__}: {message}); "
+                  "this is a bug in laurentnet — rerun with --debug and report the traceback",
+                  file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

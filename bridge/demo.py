@@ -1,60 +1,139 @@
-"""``laurentnet demo``: collapse a linear residual CNN on the digits and check it honestly.
+"""``laurentnet demo``: the real path, from a trained torch model to a faster, proved one.
 
-The network (random weights from a seed, float64): a 3x3 stem, then residual blocks
-``y = S x + K2 K1 x`` (``S`` the identity, or a strided 1x1 shortcut where ``K1`` has a
-stride), all convolutions circularly padded, on scikit-learn's 8x8 digits.  Because every
-layer is circular and every stride divides the size, the whole network is exactly
-
-    y = down_S( K_total(z) X(z) mod (z^n - 1) ) + b_total,
-
-one strided convolution.  The demo builds the network as an :class:`algebra.Network`,
-collapses it exactly over QQ (weights converted from float64 without rounding), proves the
-collapse (explicit index sums of the network against the collapsed coefficients), runs the
-original layer by layer with ``torch.nn.functional`` in float64 and the collapsed operator
-as one ``conv2d``, and prints the table.
+1. **Train** (seeded, a few seconds) a small *linear* residual CNN on scikit-learn's 8x8
+   digits: a circular 3x3 stem, residual blocks ``y = S x + BN(K2 BN(K1 x))`` (``S`` the
+   identity, or a strided 1x1 shortcut), flatten and a linear classifier.
+2. **Save** it as a ``torch.export`` program (``model.pt2``) and **load** it back with the
+   package's safe loader (nothing in the file is unpickled).
+3. **Convert** it with the same code path as ``laurentnet collapse`` (``mode="auto"``): a
+   linear classifier on a fixed input size is one affine map ``f(X) = W X + B``.
+4. **Verify** the converted program against a float64 reference of the original, and
+   compare the accuracy of both on held-out digits; time both.
+5. **Prove** the convolutional body exactly: every conv is circular and every stride
+   divides the size, so the body is exactly one strided convolution
+   ``y = down_S((K_total X) mod (z^n - 1)) + b``; collapse it over ``QQ`` (the trained
+   float weights taken as the exact rationals they are) and check the collapse by explicit
+   index sums (:func:`~laurentnet.algebra.prove_collapse`), then run it as one circular
+   ``conv2d`` in float64 against the body.
 """
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..algebra import Network, collapse, prove_collapse
-from ..numeric import DirectConv, KernelOperator, NetworkModule
+from ..numeric import DirectConv, KernelOperator
+
+__all__ = ["DemoReport", "DigitsResNet", "body_network", "load_digits", "run_demo", "train"]
 
 
-__all__ = ["DemoReport", "demo_network", "run_demo", "load_digits_images"]
+class DigitsResNet(nn.Module):
+    """A linear residual CNN for ``1 x 8 x 8`` digits (no nonlinearity: it is affine).
+
+    ``body``: circular 3x3 stem, then one residual block per entry of ``strides``
+    (``x + BN(conv(BN(conv(x))))``, with a 1x1 strided conv + BN shortcut when strided);
+    ``head``: flatten and ``Linear``."""
+
+    def __init__(self, channels: int = 8, strides: tuple[int, ...] = (1, 2), classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(1, channels, 3, padding=1, padding_mode="circular")
+        self.blocks = nn.ModuleList()
+        size = 8
+        for s in strides:
+            block = nn.ModuleDict({
+                "conv1": nn.Conv2d(channels, channels, 3, s, 1, bias=False, padding_mode="circular"),
+                "bn1": nn.BatchNorm2d(channels),
+                "conv2": nn.Conv2d(channels, channels, 3, 1, 1, bias=False, padding_mode="circular"),
+                "bn2": nn.BatchNorm2d(channels)})
+            if s > 1:
+                block["shortcut"] = nn.Conv2d(channels, channels, 1, s, bias=False)
+                block["bn_shortcut"] = nn.BatchNorm2d(channels)
+            self.blocks.append(block)
+            size //= s
+        self.head = nn.Linear(channels * size * size, classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for block in self.blocks:
+            branch = block["bn2"](block["conv2"](block["bn1"](block["conv1"](h))))
+            skip = block["bn_shortcut"](block["shortcut"](h)) if "shortcut" in block else h
+            h = skip + branch
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1))
 
 
-def demo_network(seed: int = 0, channels: int = 8, strides: tuple[int, ...] = (1, 2, 1, 2)
-                 ) -> Network:
-    """A circular 3x3 stem ``1 -> channels`` and one residual block per entry of ``strides``."""
-    rng = np.random.default_rng(seed)
+def body_network(model: DigitsResNet) -> Network:
+    """The model's convolutional body as an exact :class:`~laurentnet.algebra.Network`
+    (float weights taken as the exact rationals they are; batch norm as its exact scale and
+    shift, ``γ/√(σ²+ε)`` computed in float64)."""
+    def weights(conv: nn.Conv2d) -> tuple[np.ndarray, np.ndarray | None]:
+        w = conv.weight.detach().double().numpy()
+        return w, None if conv.bias is None else conv.bias.detach().double().numpy()
 
-    def conv(x, c_in: int, k: int, stride: int):
-        weight = rng.normal(0.0, 0.7 / np.sqrt(c_in * k * k), (channels, c_in, k, k))
-        return net.conv(x, weight, rng.normal(0.0, 0.1, channels), stride=stride,
-                        padding=(k - 1) // 2, padding_mode="circular")
+    def bn(x, norm: nn.BatchNorm2d):
+        return net.batch_norm(x, norm.running_mean.double().numpy(), norm.running_var.double().numpy(),
+                              norm.weight.detach().double().numpy(),
+                              norm.bias.detach().double().numpy(), eps=norm.eps)
+
+    def conv(x, layer: nn.Conv2d):
+        w, b = weights(layer)
+        return net.conv(x, w, b, stride=layer.stride, padding=layer.padding,
+                        padding_mode=layer.padding_mode)
 
     net = Network(ndim=2, in_channels=1)
-    h = conv(net.input, 1, 3, 1)
-    for s in strides:
-        branch = conv(conv(h, channels, 3, s), channels, 3, 1)
-        shortcut = conv(h, channels, 1, s) if s > 1 else h
-        h = shortcut + branch
+    h = conv(net.input, model.stem)
+    for block in model.blocks:
+        branch = bn(conv(bn(conv(h, block["conv1"]), block["bn1"]), block["conv2"]), block["bn2"])
+        skip = bn(conv(h, block["shortcut"]), block["bn_shortcut"]) if "shortcut" in block else h
+        h = skip + branch
+    net.set_output(h)
     return net
 
 
-def load_digits_images() -> torch.Tensor:
-    """scikit-learn's 1797 handwritten digits (shipped with the package), as float64
-    ``(1797, 1, 8, 8)`` in ``[0, 1]``."""
-    from sklearn.datasets import load_digits
-    images = load_digits().images.astype(np.float64) / 16.0
-    return torch.from_numpy(images).unsqueeze(1)
+def load_digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1797 handwritten digits (shipped with scikit-learn, no download) as
+    float32 ``(N, 1, 8, 8)`` in ``[0, 1]``, split 2:1 into train and test (seeded)."""
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise RuntimeError("the demo needs scikit-learn (pip install scikit-learn, or the "
+                           "package's [test] extra)") from None
+    digits = sk_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    cut = 2 * len(labels) // 3
+    train_idx, test_idx = order[:cut], order[cut:]
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
+
+
+def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 15,
+          seed: int = 0, batch: int = 64) -> float:
+    """Adam on the cross-entropy, seeded; returns the seconds it took."""
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=g)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            optimizer.zero_grad()
+            loss_fn(model(images[idx]), labels[idx]).backward()
+            optimizer.step()
+    model.eval()
+    return time.perf_counter() - start
 
 
 def _median_seconds(function: Callable[[], Any], repeats: int) -> float:
@@ -67,91 +146,139 @@ def _median_seconds(function: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _accuracy(module: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return float((module(images).argmax(1) == labels).double().mean())
+
+
 @dataclass
 class DemoReport:
-    layers: int
-    blocks: int
+    """What :func:`run_demo` measured; ``ok`` when every check passed."""
     channels: int
-    images: int
-    input_size: tuple[int, int]
-    total_stride: tuple[int, ...]
-    kernel_size: tuple[int, ...]
-    periodic_kernel_size: tuple[int, ...]
-    collapse_seconds: float
-    layerwise_seconds: float
-    collapsed_seconds: float
-    max_abs_error: float
-    max_rel_error: float
+    train_images: int
+    test_images: int
+    train_seconds: float
+    program: str
+    converted_into: str
+    convert_seconds: float
+    verification: dict[str, Any]
+    accuracy_original: float
+    accuracy_converted: float
+    seconds_original: float
+    seconds_converted: float
+    exact_operator: str
+    exact_where: str
+    exact_seconds: float
+    proof: str
+    proved: bool
+    exact_rel_error: float
     tolerance: float
-    exact_match: bool
-    proof: str = ""
-    ok: bool = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.ok = self.max_rel_error <= self.tolerance and self.exact_match
+    @property
+    def speedup(self) -> float:
+        return self.seconds_original / self.seconds_converted
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.verification["ok"] and self.proved and self.exact_rel_error <= self.tolerance
+                    and self.accuracy_converted == self.accuracy_original)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out.update(speedup=self.speedup, ok=self.ok)
+        return out
 
     def table(self) -> str:
+        v = self.verification
         rows = [
-            ("network", f"linear residual CNN, {self.layers} conv layers in {self.blocks} blocks, "
-                        f"{self.channels} channels, circular padding"),
-            ("data", f"{self.images} scikit-learn digits, 1x{self.input_size[0]}x{self.input_size[1]}"),
-            ("collapsed operator", f"{self.channels}x1 kernel {_box(self.kernel_size)}, stride "
-                                   f"{_box(self.total_stride)}; mod z^n-1: {_box(self.periodic_kernel_size)}"),
-            ("exact collapse time", f"{self.collapse_seconds * 1e3:.1f} ms (QQ, sympy sparse polys)"),
-            ("proof of the collapse", ("PROVED over QQ: " + self.proof) if self.exact_match
-             else "REFUTED: the exact collapse differs from the network"),
-            ("max abs error (float64)", f"{self.max_abs_error:.3e}"),
-            ("max rel error (float64)", f"{self.max_rel_error:.3e}  (tolerance {self.tolerance:.0e})"),
-            ("time layer by layer", f"{self.layerwise_seconds * 1e3:.3f} ms"),
-            ("time collapsed", f"{self.collapsed_seconds * 1e3:.3f} ms"),
-            ("speedup", f"{self.layerwise_seconds / self.collapsed_seconds:.1f}x"),
+            ("model", f"linear residual CNN, {self.channels} channels, circular padding; trained "
+                      f"on {self.train_images} digits in {self.train_seconds:.1f} s"),
+            ("saved and loaded", f"{self.program} (torch.export program, safe loader)"),
+            ("converted into", f"{self.converted_into} in {self.convert_seconds * 1e3:.0f} ms"),
+            ("verification", f"{'OK' if v['ok'] else 'FAILED'}: max rel error {v['max_rel_error']:.2e} "
+                             f"vs {v['reference']} (tolerance {v['tolerance']:.1e})"),
+            ("test accuracy", f"original {self.accuracy_original:.1%}, converted "
+                              f"{self.accuracy_converted:.1%} ({self.test_images} digits)"),
+            ("time original", f"{self.seconds_original * 1e3:.3f} ms for {self.test_images} digits"),
+            ("time converted", f"{self.seconds_converted * 1e3:.3f} ms"),
+            ("speedup", f"{self.speedup:.1f}x"),
+            ("exact body collapse", f"{self.exact_operator}, {self.exact_where} "
+                                    f"({self.exact_seconds * 1e3:.0f} ms over QQ)"),
+            ("proof", ("PROVED over QQ: " if self.proved else "REFUTED: ") + self.proof),
+            ("exact body vs float64", f"max rel error {self.exact_rel_error:.2e} "
+                                      f"(tolerance {self.tolerance:.0e})"),
             ("result", "OK" if self.ok else "FAILED"),
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
-    def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["speedup"] = self.layerwise_seconds / self.collapsed_seconds
-        return out
 
-
-def _box(values: tuple[int, ...]) -> str:
-    return "x".join(map(str, values))
-
-
-def run_demo(seed: int = 0, channels: int = 8, repeats: int = 7, tolerance: float = 1e-10
-             ) -> DemoReport:
-    """Build, collapse, prove, verify and time the demo network; see the module docstring."""
-    images = load_digits_images()
-    net = demo_network(seed, channels)
+def _exact_body(model: DigitsResNet, images: torch.Tensor) -> tuple[str, str, float, str, bool, float]:
+    """Collapse the body over QQ, prove it, and run it as one circular conv in float64."""
+    net = body_network(model)
     shape = tuple(images.shape[1:])
-
     start = time.perf_counter()
     result = collapse(net, shape)
-    collapse_seconds = time.perf_counter() - start
-    if not (result.periodic and result.exact_everywhere):
-        raise RuntimeError(f"the demo network should collapse exactly: {result.describe()}")
+    seconds = time.perf_counter() - start
     proof = prove_collapse(net, shape)
-
-    layerwise = NetworkModule(net)
     # y = down_s((K X) mod (z^n - 1)) + b: one circular convolution of the folded kernel
     collapsed = DirectConv(KernelOperator.from_algebra(result.operator), shape[1:], "circular")
     with torch.inference_mode():
-        reference = layerwise(images)
-        prediction = collapsed(images)
-        layerwise_seconds = _median_seconds(lambda: layerwise(images), repeats)
-        collapsed_seconds = _median_seconds(lambda: collapsed(images), repeats)
-    error = (prediction - reference).abs().max().item()
-    rel = error / reference.abs().max().item()
-    n_convs = sum(1 for node in net.nodes.values() if type(node).__name__ == "Conv")
-    n_blocks = sum(1 for node in net.nodes.values() if type(node).__name__ == "Add")
-    return DemoReport(layers=n_convs, blocks=n_blocks, channels=channels,
-                      images=images.shape[0], input_size=shape[1:],
-                      total_stride=result.operator.stride,
-                      kernel_size=result.operator.kernel_size,
-                      periodic_kernel_size=tuple(collapsed.weight.shape[2:]),
-                      collapse_seconds=collapse_seconds, layerwise_seconds=layerwise_seconds,
-                      collapsed_seconds=collapsed_seconds, max_abs_error=error,
-                      max_rel_error=rel, tolerance=tolerance, exact_match=bool(proof),
-                      proof=str(proof).splitlines()[3].strip())
+        reference = model.double().body(images.double())
+        model.float()
+        got = collapsed(images.double())
+    rel = float((got - reference).abs().max() / reference.abs().max())
+    op = result.operator
+    described = (f"one {op.out_channels}x{op.in_channels} kernel "
+                 f"{'x'.join(map(str, op.kernel_size))}, stride {'x'.join(map(str, op.stride))}")
+    lines = str(proof).splitlines()
+    return described, result.where(), seconds, lines[3].strip() if len(lines) > 3 else lines[0], \
+        bool(proof), rel
+
+
+def _summary(report: Any) -> str:
+    """``"affine: Linear 64->10"``: the mode and what the merged segments became."""
+    merged = [s.merged_into for s in report.segments if s.merged]
+    return f"{report.mode}: " + ("; ".join(merged) if merged else "nothing merged")
+
+
+def run_demo(seed: int = 0, channels: int = 8, repeats: int = 7, tolerance: float = 1e-10,
+             epochs: int = 15, out_dir: str | Path | None = None, progress: bool = False
+             ) -> DemoReport:
+    """Train, save, load, convert, verify, time and prove (see the module docstring)."""
+    from .convert import convert
+    from .safe_load import load
+    from .verify import verify
+    torch.manual_seed(seed)
+    x_train, y_train, x_test, y_test = load_digits(seed)
+    model = DigitsResNet(channels)
+    train_seconds = train(model, x_train, y_train, epochs=epochs, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out_dir) if out_dir is not None else Path(tmp)
+        if not folder.is_dir():
+            raise ValueError(f"--out-dir {folder}: no such folder")
+        program = folder / "digits_resnet.pt2"
+        batch_free = ({0: torch.export.Dim.AUTO},)  # any batch size
+        torch.export.save(torch.export.export(model, (x_test[:2],), dynamic_shapes=batch_free),
+                          str(program))
+        loaded = load(program)
+        start = time.perf_counter()
+        conversion = convert(loaded.module, x_test[:2], mode="auto", progress=progress)
+        convert_seconds = time.perf_counter() - start
+        converted_path = folder / "digits_resnet_collapsed.pt2"
+        conversion.save(converted_path)
+        converted = load(converted_path).module
+    check = verify(loaded.module, converted, input_shape=tuple(x_test.shape[1:]), data=x_test)
+    with torch.inference_mode():
+        seconds_original = _median_seconds(lambda: model(x_test), repeats)
+        seconds_converted = _median_seconds(lambda: converted(x_test), repeats)
+    described, where, exact_seconds, proof, proved, rel = _exact_body(model, x_test)
+    return DemoReport(
+        channels=channels, train_images=len(y_train), test_images=len(y_test),
+        train_seconds=train_seconds, program=program.name if out_dir is None else str(program),
+        converted_into=_summary(conversion.report), convert_seconds=convert_seconds,
+        verification=check.as_dict(), accuracy_original=_accuracy(model, x_test, y_test),
+        accuracy_converted=_accuracy(converted, x_test, y_test),
+        seconds_original=seconds_original, seconds_converted=seconds_converted,
+        exact_operator=described, exact_where=where, exact_seconds=exact_seconds, proof=proof,
+        proved=proved, exact_rel_error=rel, tolerance=tolerance)

@@ -1,0 +1,302 @@
+"""Collapsing a linear segment: one convolution (or ``nn.Linear``) per exit, with its exact
+region and its cost.
+
+For each exit the segment's Network is collapsed (:func:`numeric.collapse_numeric`, float64)
+to ``y = down_s K(z) X + b`` with the region where that equals the layers:
+
+* **periodic** (every conv circular and size-keeping): exact everywhere; emitted as the
+  kernel folded modulo ``n`` after a circular ``F.pad`` (``nn.ConvNd(padding_mode=
+  'circular')`` when the padding is symmetric);
+* **exact everywhere** (valid convolutions, or zero padding whose border the algebra proves
+  harmless): emitted as one zero-padded convolution on the output window
+  (:func:`numeric.evaluator.conv_window` semantics: left padding ``p = high``, right
+  padding what the window needs, a crop when torch computes more);
+* **exact up to the bias**: the segment is affine, ``N(x) = L(x) + N(0)``, and ``L`` (the
+  segment with every bias and shift set to 0) collapses exactly even where ``N`` does not
+  — a bias pushed through a later layer's zero padding is ``K(1) b`` inside but only part
+  of it at the border (DBB's ``1x1 -> BN -> kxk`` branch).  Then ``N = conv(K) + N(0)`` with
+  ``N(0)`` computed by running the segment's layers on a zero input (float64): one
+  convolution without bias plus a per-position bias map (a constant image), exact at
+  every position for the traced input size;
+* otherwise **inexact**: exact only on ``region`` (reported; merged only with
+  ``allow_inexact``).
+
+The emitted kernel keeps the structure torch can exploit: a block-diagonal kernel becomes a
+grouped convolution (depthwise when every channel is its own group), taps on a lattice a
+dilated one; an exit with a single output position (flat features, a classifier head)
+becomes ``nn.Linear`` on the flattened input when that needs fewer multiply-adds.  Costs are multiply-adds per sample: the original layers' (convolutions,
+linear layers, one per element for norms, scales, sums and pools) against the emitted form.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from ..numeric import NetworkModule, collapse_numeric
+from ..numeric.kernels import KernelOperator
+from .linear_ops import LinearOp
+from .segments import NotMergeable, Segment, SegmentNetwork, build_network
+from .trace import TracedModel
+
+__all__ = ["MergedExit", "merge_exits", "original_macs", "node_macs"]
+
+
+@dataclass
+class MergedExit:
+    """How to compute one exit of a segment from the segment's input.
+
+    ``kind`` ``"conv"``: ``source -> reshape(input_shape) -> F.pad(pre_pad, pad_mode) ->
+    ConvNd(weight, bias, stride, conv_padding, conv_padding_mode, dilation, groups) ->
+    crop(crop) -> + bias_map -> reshape(exit_shape)``; ``kind`` ``"linear"``:
+    ``source -> flatten -> Linear(weight, bias) -> reshape(exit_shape)``.  Weights are float64;
+    the emitter casts them to the model's dtype."""
+    exit: fx.Node
+    kind: str
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    exit_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    stride: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    conv_padding: tuple[int, ...] = ()
+    conv_padding_mode: str = "zeros"
+    pre_pad: tuple[int, ...] | None = None
+    pad_mode: str = "constant"
+    crop: tuple[int, ...] | None = None
+    bias_map: torch.Tensor | None = None
+    macs: int = 0
+    exact: bool = True
+    where: str = ""
+    region: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """``"Conv2d 64->64 3x3, stride 2, groups 64"`` / ``"Linear 512->10"``."""
+        if self.kind == "linear":
+            return f"Linear {self.weight.shape[1]}->{self.weight.shape[0]}"
+        ndim = self.weight.ndim - 2
+        c_out, c_in = self.weight.shape[0], self.weight.shape[1] * self.groups
+        parts = [f"Conv{ndim}d {c_in}->{c_out} {'x'.join(map(str, self.weight.shape[2:]))}"]
+        if any(s != 1 for s in self.stride):
+            parts.append(f"stride {self.stride if len(set(self.stride)) > 1 else self.stride[0]}")
+        if any(d != 1 for d in self.dilation):
+            parts.append(f"dilation {self.dilation}")
+        if self.groups > 1:
+            parts.append("depthwise" if self.groups == c_in == c_out else f"groups {self.groups}")
+        if self.conv_padding_mode == "circular" or self.pad_mode == "circular":
+            parts.append("circular")
+        if self.bias_map is not None:
+            parts.append("+ per-position bias map")
+        return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------ costs
+
+
+def node_macs(node: fx.Node, op: LinearOp, traced: TracedModel) -> int:
+    """Multiply-adds per sample of one original layer: convolutions and linear layers by
+    their taps, norms/scales/sums one per output element, pools one per tap, the rest
+    (padding, slices, views) none."""
+    out = traced.shape(node)
+    numel = math.prod(out) if out is not None else 0
+    p = op.params
+    if op.kind == "conv":
+        w = p["weight"]
+        return int(numel * w.shape[1] * math.prod(w.shape[2:]))
+    if op.kind == "conv_transpose":
+        w = p["weight"]
+        return int(math.prod(traced.shape(op.operands[0])) * w.shape[1] * math.prod(w.shape[2:]))
+    if op.kind == "linear":
+        return int(p["weight"].numel())
+    if op.kind in ("batch_norm", "scale_shift"):
+        return int(numel)
+    if op.kind == "add":
+        return int(numel * (len(op.operands) - 1 + (0 if all(c == 1 for c in p["coefficients"])
+                                                     else 1)))
+    if op.kind == "avg_pool":
+        return int(numel * math.prod(p["kernel"]))
+    if op.kind == "global_avg_pool":
+        return int(math.prod(traced.shape(op.operands[0])))
+    return 0
+
+
+def original_macs(segment: Segment, traced: TracedModel, ops: dict[fx.Node, Any]) -> int:
+    return sum(node_macs(n, ops[n], traced) for n in segment.nodes)
+
+
+# ---------------------------------------------------------------------- the structure
+
+
+def _groups(weight: torch.Tensor) -> int:
+    """The largest ``g`` for which the ``(C_out, C_in)`` kernel is block diagonal."""
+    c_out, c_in = weight.shape[:2]
+    nonzero = (weight != 0).flatten(2).any(dim=2)
+    for g in sorted((d for d in range(2, math.gcd(c_out, c_in) + 1)
+                     if c_out % d == 0 and c_in % d == 0), reverse=True):
+        blocks = nonzero.view(g, c_out // g, g, c_in // g)
+        off = blocks.clone()
+        off[torch.arange(g), :, torch.arange(g)] = False
+        if not bool(off.any()):
+            return g
+    return 1
+
+
+def _grouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(C_out, C_in, *k)`` block diagonal -> torch's ``(C_out, C_in/g, *k)``."""
+    if groups == 1:
+        return weight
+    c_out, c_in = weight.shape[:2]
+    k = weight.shape[2:]
+    blocks = weight.view(groups, c_out // groups, groups, c_in // groups, *k)
+    return blocks[torch.arange(groups), :, torch.arange(groups)].reshape(c_out, c_in // groups, *k)
+
+
+def _dilation(weight: torch.Tensor, padding: tuple[int, ...]) -> tuple[tuple[int, ...], torch.Tensor]:
+    """Per axis the largest ``d`` with every nonzero tap (and the last one) on the lattice
+    ``d·a`` and ``padding`` unchanged: ``y[i] = Σ w[d a'] x[s i + d a' - p]``."""
+    dilation, slices = [], [slice(None), slice(None)]
+    for axis in range(weight.ndim - 2):
+        size = weight.shape[axis + 2]
+        others = tuple(a for a in range(weight.ndim) if a != axis + 2)
+        taps = torch.nonzero((weight != 0).any(dim=others)).flatten().tolist()
+        d = 0
+        for t in taps + [size - 1]:
+            d = math.gcd(d, t)
+        d = max(d, 1)
+        dilation.append(d)
+        slices.append(slice(None, None, d))
+    return tuple(dilation), weight[tuple(slices)].contiguous()
+
+
+def _conv_geometry(op: KernelOperator, sizes: tuple[int, ...], out: tuple[int, ...],
+                   periodic: bool) -> dict[str, Any]:
+    """Weight, padding and crop that compute ``op`` on the output window ``out``."""
+    if periodic:
+        layout = op.mod_circular(sizes).to_weight()
+        k = layout.weight.shape[2:]
+        before, after = layout.padding, tuple(kk - 1 - p for kk, p in zip(k, layout.padding))
+        geometry: dict[str, Any] = dict(weight=layout.weight, stride=layout.stride)
+        if before == after:
+            geometry.update(conv_padding=before, conv_padding_mode="circular")
+        else:
+            geometry.update(conv_padding=(0,) * len(k), pad_mode="circular",
+                            pre_pad=tuple(v for b, a in zip(reversed(before), reversed(after))
+                                          for v in (b, a)))
+        return geometry
+    layout = op.to_weight()
+    k, p, s = layout.weight.shape[2:], layout.padding, layout.stride
+    right = tuple(max(0, si * (L - 1) - pi + ki - n)
+                  for si, L, pi, ki, n in zip(s, out, p, k, sizes))
+    geometry = dict(weight=layout.weight, stride=s)
+    if all(r <= pi for r, pi in zip(right, p)):
+        geometry.update(conv_padding=p)
+        computed = tuple((n + 2 * pi - ki) // si + 1 for n, pi, ki, si in zip(sizes, p, k, s))
+    else:
+        geometry.update(conv_padding=(0,) * len(k),
+                        pre_pad=tuple(v for pi, r in zip(reversed(p), reversed(right))
+                                      for v in (pi, r)))
+        computed = tuple((n + pi + r - ki) // si + 1
+                         for n, pi, r, ki, si in zip(sizes, p, right, k, s))
+    if computed != tuple(out):
+        geometry["crop"] = tuple(out)
+    return geometry
+
+
+# -------------------------------------------------------------------------- collapse
+
+
+def _zero_response(sn: SegmentNetwork) -> torch.Tensor:
+    """``N(0)``: the segment's layers run on a zero input in float64, ``(C, *out)``."""
+    zero = torch.zeros(1, *sn.input_shape, dtype=torch.float64)
+    with torch.no_grad():
+        return NetworkModule(sn.network, torch.float64)(zero)[0]
+
+
+def merge_exits(segment: Segment, traced: TracedModel, ops: dict[fx.Node, Any], *,
+                need_exact: bool = False) -> list[MergedExit]:
+    """One :class:`MergedExit` per exit of ``segment`` (module docstring).  ``need_exact``
+    stops at the first inexact exit (NotMergeable naming the region)."""
+    sn = build_network(segment, traced, ops)
+    linear_part: SegmentNetwork | None = None
+    merged = []
+    for node in segment.exits:
+        sn.network.set_output(sn.exit_value(node))
+        try:
+            result = collapse_numeric(sn.network, sn.input_shape)
+        except (ValueError, TypeError) as exc:
+            raise NotMergeable(f"no single convolution: {exc}") from None
+        op: KernelOperator = result.operator
+        out = tuple(result.output_shape[1:])
+        exact, where, bias_map = True, result.where(), None
+        if not result.periodic and not result.exact_everywhere:
+            if linear_part is None:
+                linear_part = build_network(segment, traced, ops, biases=False)
+            linear_part.network.set_output(linear_part.exit_value(node))
+            bias_free = collapse_numeric(linear_part.network, linear_part.input_shape)
+            if bias_free.exact_everywhere:
+                response = _zero_response(sn)
+                flat = response.reshape(response.shape[0], -1)
+                if bool((flat == flat[:, :1]).all()):
+                    op = op.with_bias(flat[:, 0].clone())
+                    where = "exact at every output position (a uniform bias)"
+                else:
+                    bias_map = response
+                    op = op.linear_part()
+                    where = ("exact at every output position: the bias reaches the border "
+                             "only in part, so it is a per-position bias map N(0)")
+            else:
+                exact = False
+                if need_exact:
+                    raise NotMergeable(f"not exact: {where}")
+        merged.append(_emission(node, op, sn, out, result.periodic, bias_map, exact, where,
+                                None if exact else result.region, traced))
+    return merged
+
+
+def _emission(node: fx.Node, op: KernelOperator, sn: SegmentNetwork, out: tuple[int, ...],
+              periodic: bool, bias_map: torch.Tensor | None, exact: bool, where: str,
+              region: np.ndarray | None, traced: TracedModel) -> MergedExit:
+    sizes = tuple(sn.input_shape[1:])
+    exit_shape = traced.shape(node)
+    bias = op.bias.clone() if op.has_bias else None
+    common = dict(exit=node, exit_shape=exit_shape, input_shape=sn.input_shape, exact=exact,
+                  where=where, region=region)
+    geometry = _conv_geometry(op, sizes, out, periodic)
+    weight = geometry.pop("weight")
+    groups = _groups(weight)
+    grouped = _grouped(weight, groups)
+    dilation, grouped = _dilation(grouped, tuple(geometry.get("conv_padding", ())))
+    macs = int(grouped.shape[0] * grouped.shape[1] * math.prod(grouped.shape[2:]) * math.prod(out))
+    if all(o == 1 for o in out) and bias_map is None:
+        matrix = _window_matrix(op, sizes, periodic)
+        if matrix.numel() <= macs:
+            return MergedExit(kind="linear", weight=matrix, bias=bias, macs=int(matrix.numel()),
+                              **common)
+    if bias_map is not None:
+        macs += int(bias_map.numel())
+    return MergedExit(kind="conv", weight=grouped, bias=bias, groups=groups, dilation=dilation,
+                      bias_map=bias_map, macs=macs, **geometry, **common)
+
+
+def _window_matrix(op: KernelOperator, sizes: tuple[int, ...], periodic: bool) -> torch.Tensor:
+    """The single output position as a matrix on the flattened input window:
+    ``y[o] = b + Σ_{c,j} w[o, c, p + j] x[c, j]`` (``w``, ``p`` of :meth:`to_weight`: the
+    coefficient of ``z^(-j)``; for periodic inputs of the kernel folded modulo ``n``),
+    taps beyond the window are zero-padding taps and drop out."""
+    layout = (op.mod_circular(sizes) if periodic else op).to_weight()
+    w, p = layout.weight, layout.padding
+    slices, pads = [slice(None), slice(None)], []
+    for axis, (pi, n) in enumerate(zip(p, sizes)):
+        k = w.shape[2 + axis]
+        slices.append(slice(min(pi, k), min(pi + n, k)))
+        pads.append(n - (min(pi + n, k) - min(pi, k)))
+    window = w[tuple(slices)]
+    if any(pads):
+        window = torch.nn.functional.pad(window, [v for pad in reversed(pads) for v in (0, pad)])
+    return window.reshape(w.shape[0], -1)
