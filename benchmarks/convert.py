@@ -7,13 +7,16 @@ Models (eval mode, every batch norm with random statistics and affine parameters
 * a MobileOne-style network (``mobileone_net``, depthwise + pointwise, 3×32×32);
 * a torchvision-style ResNet-18 with ReLUs (``resnet18_relu``, 3×32×32, ~11.2M parameters).
 
-For each, in ONE run: the conversion time (``convert(model, x, mode="auto")`` with one
-thread), the prediction time of the original and the converted module on a float32 batch
-(median of ``--repeats`` samples, with ``torch.set_num_threads(1)`` and with all threads)
-and their ratio ``original / converted``, the max relative error
-``max|y - y64| / max|y64|`` of both against the ORIGINAL model in float64, and the conv /
-batch-norm counts before and after (and of the hand-written re-parameterization, where
-the family has one).
+For each, in ONE run: the conversion time (``convert(model, x[:1], mode=...)`` on one
+thread: ``"auto"`` for the nonlinear models, ``--linear-mode`` (default ``"affine"``) for
+the linear one); the prediction time of the original and of the converted module on a
+float32 batch (median of ``--repeats`` samples, the two timed in alternating samples, with
+``torch.set_num_threads(1)`` and with all threads) and their ratio ``original / converted``
+(the median of the per-pair ratios); the max relative error ``max|y - y64| / max|y64|``
+of both against the ORIGINAL model in float64; the conv / batch-norm counts before and
+after (and of the hand-written re-parameterization, where the family has one).  For the nonlinear models, the converted module is also timed against
+what a user would run instead, ``torch.fx.experimental.optimization.fuse`` (conv+BN
+folding only), on one thread.
 
 Targets (DESIGN.md): converting the ~11M-parameter ResNet-18 takes <= 10 s on one core;
 a converted nonlinear model is never slower than the original (ratio >= 1 at both thread
@@ -22,7 +25,8 @@ error is within ``verify.tolerance_for(float32, original error)`` =
 ``max(1000 ε32, 10 × the original float32 error)``.  ``--quick`` runs small
 models with fewer repeats (a smoke test: its targets are indicative only).
 
-    python benchmarks/convert.py [--quick] [--repeats 5] [--batch 64] [--json]
+    python benchmarks/convert.py [--quick] [--repeats 7] [--batch 64]
+                                 [--linear-mode affine|auto|kernel|partial] [--json]
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,15 +62,16 @@ class Case:
     in_shape: tuple[int, int, int]
     linear: bool
     hand_written: bool = False  # the family has a hand-written re-parameterization (deploy)
+    mode: str = "auto"
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, linear_mode: str) -> list[Case]:
     """Full-size models, or small ones for ``--quick``."""
     rw = (16, 32) if quick else (64, 128, 256, 512)
     return [
         Case(f"linear ResNet-34 (width {16 if quick else 64})",
              lambda: resnet34(1, 10, linear=True, base_width=16 if quick else 64),
-             (1, 28, 28), linear=True),
+             (1, 28, 28), linear=True, mode=linear_mode),
         Case(f"RepVGG-style {'-'.join(map(str, rw))}",
              lambda: repvgg_net(3, 10, widths=rw, depth=2), (3, 32, 32), False, True),
         Case(f"MobileOne-style {'-'.join(map(str, rw))}",
@@ -76,21 +82,34 @@ def cases(quick: bool) -> list[Case]:
     ]
 
 
-def median_time(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.05) -> tuple[float, float]:
-    """``(median seconds per call, max/min sample spread)`` over ``repeats`` samples after a
-    warm-up call; a sample runs ``k`` back-to-back calls, ``k`` chosen once so a sample lasts
-    at least ``min_seconds`` (1 for slow calls), the same rule for everything timed."""
+def _calls_per_sample(fn: Callable[[], Any], min_seconds: float) -> int:
+    """Calls per timed sample so that a sample lasts at least ``min_seconds`` (after a
+    warm-up call; 1 for slow calls)."""
     fn()
     t = time.perf_counter()
     fn()
-    k = max(1, math.ceil(min_seconds / max(time.perf_counter() - t, 1e-9)))
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(k):
-            fn()
-        samples.append((time.perf_counter() - t) / k)
-    return statistics.median(samples), max(samples) / min(samples)
+    return max(1, math.ceil(min_seconds / max(time.perf_counter() - t, 1e-9)))
+
+
+def _sample(fn: Callable[[], Any], k: int) -> float:
+    t = time.perf_counter()
+    for _ in range(k):
+        fn()
+    return (time.perf_counter() - t) / k
+
+
+def paired_times(original: Callable[[], Any], converted: Callable[[], Any], repeats: int,
+                 min_seconds: float = 0.05) -> dict[str, float]:
+    """Median seconds per call of both functions, timed in alternating samples (so both see
+    the same machine load), and the median of the per-pair ratios ``original/converted``;
+    ``spread`` is the largest max/min sample ratio of the two (far above 1: a busy machine)."""
+    k_orig = _calls_per_sample(original, min_seconds)
+    k_conv = _calls_per_sample(converted, min_seconds)
+    pairs = [(_sample(original, k_orig), _sample(converted, k_conv)) for _ in range(repeats)]
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    return {"original_s": statistics.median(a), "converted_s": statistics.median(b),
+            "ratio": statistics.median(x / y for x, y in pairs),
+            "spread": max(max(a) / min(a), max(b) / min(b))}
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -98,13 +117,13 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref).abs().max() / ref.abs().max())
 
 
-def timed_convert(model: nn.Module, x: torch.Tensor) -> tuple[Any, float]:
-    """``convert(model, x, mode="auto")`` on one thread, and its wall time."""
+def timed_convert(model: nn.Module, x: torch.Tensor, mode: str) -> tuple[Any, float]:
+    """``convert(model, x, mode=mode)`` on one thread, and its wall time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         t = time.perf_counter()
-        conversion = convert(model, x, mode="auto")
+        conversion = convert(model, x, mode=mode)
         return conversion, time.perf_counter() - t
     finally:
         torch.set_num_threads(threads)
@@ -112,17 +131,14 @@ def timed_convert(model: nn.Module, x: torch.Tensor) -> tuple[Any, float]:
 
 def prediction_times(original: nn.Module, converted: nn.Module, x: torch.Tensor,
                      repeats: int, threads: int) -> dict[str, float]:
-    """Median prediction times of both modules on ``x`` with ``threads`` torch threads."""
+    """:func:`paired_times` of both modules on ``x`` with ``threads`` torch threads."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            t_orig, s_orig = median_time(lambda: original(x), repeats)
-            t_conv, s_conv = median_time(lambda: converted(x), repeats)
+            return paired_times(lambda: original(x), lambda: converted(x), repeats)
     finally:
         torch.set_num_threads(saved)
-    return {"original_s": t_orig, "converted_s": t_conv, "ratio": t_orig / t_conv,
-            "spread": max(s_orig, s_conv)}
 
 
 def run_case(case: Case, batch: int, repeats: int, all_threads: int, seed: int) -> dict[str, Any]:
@@ -133,7 +149,7 @@ def run_case(case: Case, batch: int, repeats: int, all_threads: int, seed: int) 
     with torch.inference_mode():
         ref = copy.deepcopy(model).double()(x.double())
         y_orig = model(x)
-    conversion, t_convert = timed_convert(model, x[:1])
+    conversion, t_convert = timed_convert(model, x[:1], case.mode)
     with torch.inference_mode():
         y_conv = conversion.module(x)
     before, after = count_layers(model), count_layers(conversion.module)
@@ -141,11 +157,15 @@ def run_case(case: Case, batch: int, repeats: int, all_threads: int, seed: int) 
     tolerance = tolerance_for(torch.float32, err_orig)
     times = {n: prediction_times(model, conversion.module, x, repeats, n)
              for n in sorted({1, all_threads})}
+    baseline = None if case.linear else prediction_times(
+        fuse(copy.deepcopy(model)), conversion.module, x, repeats, 1)
     row = {
         "model": case.name, "linear": case.linear, "input": list(case.in_shape),
+        "mode": case.mode, "mode_used": conversion.report.mode,
         "params": sum(p.numel() for p in model.parameters()), "batch": batch,
         "repeats": repeats, "convert_s": t_convert, "times": {str(n): t for n, t in times.items()},
         "min_ratio": min(t["ratio"] for t in times.values()),
+        "fx_fuse_over_converted_1_thread": None if baseline is None else baseline["ratio"],
         "original_rel_err": err_orig, "converted_rel_err": err_conv, "tolerance": tolerance,
         "conv_before": before.get("conv", 0), "conv_after": after.get("conv", 0),
         "bn_before": before.get("batch_norm", 0), "bn_after": after.get("batch_norm", 0),
@@ -186,7 +206,7 @@ def table(rows: list[dict[str, Any]], all_threads: int, quick: bool) -> str:
                 r["model"] if first else "", f"{r['params'] / 1e6:.2f}M" if first else "",
                 f"{r['convert_s']:.2f} s" if first else "", n,
                 f"{t['original_s'] * 1e3:.2f} ms", f"{t['converted_s'] * 1e3:.3f} ms",
-                f"{t['ratio']:.1f}x",
+                f"{t['ratio']:.2f}x",
                 f"{r['original_rel_err']:.1e}" if first else "",
                 f"{r['converted_rel_err']:.1e}" if first else "",
                 f"{r['conv_before']}->{r['conv_after']}" if first else "",
@@ -201,7 +221,11 @@ def table(rows: list[dict[str, Any]], all_threads: int, quick: bool) -> str:
         extra = (f", hand-written re-parameterization: {r['hand_written_conv']} convs"
                  if r["hand_written_conv"] is not None else "")
         spread = max(t["spread"] for t in r["times"].values())
-        out.append(f"  {r['model']}: {r['segments_merged']}/{r['segments']} segments merged"
+        if r["fx_fuse_over_converted_1_thread"] is not None:
+            extra += (f"; vs torch.fx fuse (conv+BN folding only): "
+                      f"{r['fx_fuse_over_converted_1_thread']:.2f}x on 1 thread")
+        out.append(f"  {r['model']}: mode {r['mode']} -> {r['mode_used']}, "
+                   f"{r['segments_merged']}/{r['segments']} segments merged"
                    f"{extra}; tolerance {r['tolerance']:.1e}; timing spread {spread:.2f}")
         out.append("    targets: " + ", ".join(f"{k} {'MET' if v else 'MISSED'}"
                                               for k, v in r["targets"].items()))
@@ -212,16 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small models, fewer repeats")
-    p.add_argument("--repeats", type=int, default=None, help="timed samples (default 5, quick 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed samples (default 7, quick 3)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--linear-mode", choices=("affine", "auto", "kernel", "partial"),
+                   default="affine",
+                   help="convert mode for the linear ResNet-34 (default affine: auto first "
+                        "tries the whole-network kernel, which is slow at this size)")
     p.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
     args = p.parse_args(argv)
-    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
     if min(repeats, args.batch) < 1:
         p.error("--repeats and --batch must be >= 1")
     all_threads = torch.get_num_threads()
-    rows = [run_case(c, args.batch, repeats, all_threads, args.seed) for c in cases(args.quick)]
+    rows = [run_case(c, args.batch, repeats, all_threads, args.seed)
+            for c in cases(args.quick, args.linear_mode)]
     print(json.dumps({"rows": rows}) if args.json else table(rows, all_threads, args.quick))
     return 0
 

@@ -33,25 +33,27 @@ A model in training mode is refused (convert its eval-mode behaviour: ``model.ev
 """
 from __future__ import annotations
 
+import copy
 import math
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import fx, nn
 
-from ..numeric import Machine, extract_affine
 from ..algebra.memory import memory_budget
-from .convert_emit import GraphWriter, converted_module, segment_modules
-from .convert_merge import MergedExit, merge_exits, node_macs, original_macs
-from .convert_report import BoundaryReport, ConversionReport, SegmentReport
-from .linear_ops import Boundary, LinearOp, classify
-from .segments import NotMergeable, Partition, Segment, partition
-from .trace import ConversionError, TracedModel, check_example_input, model_dtype, trace_model
+from ..numeric import Machine, extract_affine
+from .convert_emit import GraphWriter, converted_module
+from .convert_merge import MergedExit, merge_exits, node_macs
+from .convert_plan import (Analysis, analyse, display_nodes, notes, partial_region,
+                           plan_segments, segment_report)
+from .convert_report import ConversionReport, SegmentReport
+from .count_layers import count_layers
+from .linear_ops import LinearOp
+from .segments import NotMergeable, Segment
+from .trace import ConversionError
 
 __all__ = ["convert", "Conversion", "ConversionError", "ConversionReport", "count_layers",
            "MODES"]
@@ -106,259 +108,25 @@ def _first_float_dtype(module: nn.Module, fallback: torch.dtype) -> torch.dtype:
     return fallback
 
 
-# ------------------------------------------------------------------------ count_layers
-
-_CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                 nn.ConvTranspose3d)
-_BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-_FUNCTION_KINDS = {
-    "conv": {"conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
-             "conv_transpose2d", "conv_transpose3d"},
-    "batch_norm": {"batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm",
-                   "_native_batch_norm_legit"},
-    "linear": {"linear", "addmm"},
-}
-
-
-def _function_kind(target: Any) -> str | None:
-    packet = getattr(target, "overloadpacket", None)
-    name = packet.__name__ if packet is not None else getattr(target, "__name__", None)
-    for kind, names in _FUNCTION_KINDS.items():
-        if name in names:
-            return kind
-    return None
-
-
-def _module_kind(module: nn.Module) -> str | None:
-    if isinstance(module, _CONV_MODULES):
-        return "conv"
-    if isinstance(module, _BN_MODULES):
-        return "batch_norm"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    return None
-
-
-def count_layers(module: nn.Module) -> dict[str, int]:
-    """Convolutions (incl. transposed), batch norms and linear layers of a module.
-
-    A ``GraphModule`` is counted by its graph: ``call_module`` nodes by their module
-    (recursively for non-leaf ones) and ``call_function`` nodes by their function
-    (``aten.conv2d``, ``aten.convolution``, ``F.conv2d``, ``aten.batch_norm``,
-    ``aten.linear``, ``aten.addmm``, ...); any other module by its submodules."""
-    counts = {"conv": 0, "batch_norm": 0, "linear": 0}
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"count_layers needs an nn.Module, got {type(module).__name__}")
-    if isinstance(module, fx.GraphModule):
-        for node in module.graph.nodes:
-            if node.op == "call_function":
-                kind = _function_kind(node.target)
-                if kind:
-                    counts[kind] += 1
-            elif node.op == "call_module":
-                for key, value in count_layers(module.get_submodule(node.target)).items():
-                    counts[key] += value
-        return counts
-    for sub in module.modules():
-        kind = _module_kind(sub)
-        if kind:
-            counts[kind] += 1
-    return counts
-
-
-# ---------------------------------------------------------------------- the analysis
-
-
-@dataclass
-class _Analysis:
-    traced: TracedModel
-    ops: dict[fx.Node, Any]
-    part: Partition
-    dtype: torch.dtype
-
-    @property
-    def nonlinear(self) -> list[fx.Node]:
-        return [n for n, op in self.ops.items() if isinstance(op, Boundary) and not op.affine]
-
-    @property
-    def affine_only(self) -> list[fx.Node]:
-        return [n for n, op in self.ops.items() if isinstance(op, Boundary) and op.affine]
-
-    def boundaries(self) -> list[BoundaryReport]:
-        kept = self.part.kept
-        return [BoundaryReport(n.name, self.traced.op_name(n), kept[n],
-                               isinstance(self.ops.get(n), Boundary) and self.ops[n].affine)
-                for n in self.traced.nodes if n in kept]
-
-    def describe(self, node: fx.Node) -> str:
-        return self.traced.describe(node)
-
-    def total_macs(self) -> int:
-        return sum(node_macs(n, op, self.traced) for n, op in self.ops.items()
-                   if isinstance(op, LinearOp))
-
-    def single_output(self) -> fx.Node:
-        outputs = self.traced.output_node.all_input_nodes
-        if len(outputs) != 1 or self.traced.shape(outputs[0]) is None:
-            raise ConversionError("this mode needs a model with one tensor output "
-                                  f"(got {len(outputs)} outputs); use mode='partial'")
-        return outputs[0]
-
-
-def _analyse(model: Any, example_input: Any) -> _Analysis:
-    x = check_example_input(example_input)
-    traced = trace_model(model, x)
-    dtype = model_dtype(model, x.dtype)
-    ops = classify(traced)
-    return _Analysis(traced, ops, partition(traced, ops), dtype)
-
-
-def _segment_report(a: _Analysis, segment: Segment) -> SegmentReport:
-    nodes = []
-    for n in segment.nodes:
-        if a.ops[n].kind == "tuple":
-            continue
-        shown = a.ops[n].operands[0] if a.ops[n].operands and \
-            a.ops.get(a.ops[n].operands[0]) is not None and \
-            getattr(a.ops[a.ops[n].operands[0]], "kind", "") == "tuple" else n
-        nodes.append(f"{n.name}: {a.traced.op_name(shown)}")
-    return SegmentReport(segment.name, segment.source.name, nodes, [e.name for e in segment.exits],
-                         "", False, "", False, "", original_macs(segment, a.traced, a.ops), None)
-
-
-# ------------------------------------------------------------------------ timing
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
-def _source_values(traced: TracedModel, nodes: set[fx.Node]) -> dict[fx.Node, Any]:
-    """The values of ``nodes`` when the traced graph runs on the example input."""
-    found: dict[fx.Node, Any] = {}
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            value = super().run_node(n)
-            if n in nodes:
-                found[n] = value
-            return value
-    with torch.inference_mode():
-        Recorder(traced.graph_module).run(traced.example_input)
-    return found
-
-
-def _measure(a: _Analysis, segment: Segment, merged: Sequence[MergedExit] | None,
-             value: Any, report: SegmentReport) -> None:
-    """Median seconds of the segment's layers and of its merged form on the example."""
-    if not isinstance(value, torch.Tensor):
-        return
-    try:
-        original, fused = segment_modules(a.traced, segment, merged, a.dtype)
-        with torch.inference_mode():
-            if original is not None:
-                report.seconds_before = _median_seconds(lambda: original(value))
-            if fused is not None:
-                report.seconds_after = _median_seconds(lambda: fused(value))
-    except (RuntimeError, TypeError, ValueError):
-        report.seconds_before = report.seconds_after = None
-
-
 # ------------------------------------------------------------------------- partial
 
 
-def _plan(a: _Analysis, *, allow_inexact: bool, merge_slower: bool, progress: bool,
-          measure: bool) -> tuple[dict[str, list[MergedExit]], list[SegmentReport]]:
-    """Per segment: merge or keep (exact and cheaper, or as allowed); the reports."""
-    segments = a.part.segments
-    values = _source_values(a.traced, {s.source for s in segments}) if measure else {}
-    iterator: Any = segments
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(segments, desc="collapsing segments", unit="segment")
-    plans: dict[str, list[MergedExit]] = {}
-    reports = []
-    for segment in iterator:
-        report = _segment_report(a, segment)
-        merged: list[MergedExit] | None = None
-        try:
-            merged = merge_exits(segment, a.traced, a.ops)
-        except NotMergeable as exc:
-            report.reason = str(exc)
-        except MemoryError as exc:
-            report.reason = f"over the memory budget: {exc}"
-        if merged is not None:
-            report.merged_into = "; ".join(m.describe() for m in merged)
-            report.exact = all(m.exact for m in merged)
-            report.region = "; ".join(dict.fromkeys(m.where for m in merged))
-            report.macs_after = sum(m.macs for m in merged)
-            before, after = report.macs_before, report.macs_after
-            if not report.exact and not allow_inexact:
-                report.reason = (f"not exact ({report.region}); allow_inexact=True merges it "
-                                 "anyway")
-            elif after >= before and not merge_slower:
-                report.reason = (f"the merged form needs {after:,} multiply-adds per sample, "
-                                 f"the layers {before:,}; merge_slower=True merges it anyway")
-            else:
-                report.merged = True
-                report.reason = (f"{before:,} -> {after:,} multiply-adds per sample"
-                                 + (" (slower: merge_slower=True)" if after >= before else "")
-                                 + ("" if report.exact else " (INEXACT: allow_inexact=True)"))
-                plans[segment.name] = merged
-        if measure:
-            _measure(a, segment, merged if report.merged else None,
-                     values.get(segment.source), report)
-        reports.append(report)
-    return plans, reports
-
-
-def _partial_region(a: _Analysis, plans: dict[str, list[MergedExit]]
-                    ) -> tuple[np.ndarray | None, str | None]:
-    """The exact region of the model output when inexact merges were allowed: known when
-    the one inexact exit is the model output itself."""
-    inexact = [m for ms in plans.values() for m in ms if not m.exact]
-    if not inexact:
-        return None, None
-    outputs = a.traced.output_node.all_input_nodes
-    if len(inexact) == 1 and len(outputs) == 1 and inexact[0].exit is outputs[0]:
-        return inexact[0].region, inexact[0].where
-    return None, ("unknown: inexact merged segments feed other ops; compare every output "
-                  "(the converted model may differ near the border)")
-
-
-def _convert_partial(a: _Analysis, requested: str, reason: str, **options: Any) -> Conversion:
-    plans, reports = _plan(a, **options)
+def _convert_partial(a: Analysis, requested: str, reason: str, **options: Any) -> Conversion:
+    plans, reports = plan_segments(a, **options)
     module = converted_module(a.traced, a.part, plans, a.dtype)
     after = sum((r.macs_after if r.merged else r.macs_before) for r in reports) + \
         sum(node_macs(n, a.ops[n], a.traced) for n in a.part.multi_source)
     report = ConversionReport("partial", requested, a.traced.front_end, reason, reports,
-                              a.boundaries(), _notes(a), a.total_macs(), after)
-    region, text = _partial_region(a, plans)
+                              a.boundaries(), notes(a), a.total_macs(), after)
+    region, text = partial_region(a, plans)
     return Conversion(module, report, a.traced.example_input, region, text,
                       a.traced.dynamic_batch)
-
-
-def _notes(a: _Analysis) -> list[str]:
-    notes = [f"front end failed: {n}" for n in a.traced.notes]
-    if a.part.multi_source:
-        notes.append(f"{len(a.part.multi_source)} add/cat op(s) read values from different "
-                     "kept ops and are kept, splitting their inputs into single-input segments")
-    notes.append(f"built for inputs (batch, {', '.join(map(str, a.traced.input_shape))})"
-                 + (", any batch" if a.traced.dynamic_batch else
-                    f", batch {a.traced.example_input.shape[0]} only"))
-    return notes
 
 
 # --------------------------------------------------------------------- kernel / affine
 
 
-def _require_linear(a: _Analysis, mode: str, allow_affine_ops: bool) -> None:
+def _require_linear(a: Analysis, mode: str, allow_affine_ops: bool) -> None:
     bad = a.nonlinear + ([] if allow_affine_ops else a.affine_only)
     if bad:
         node = bad[0]
@@ -370,7 +138,7 @@ def _require_linear(a: _Analysis, mode: str, allow_affine_ops: bool) -> None:
             + f"; {hint}")
 
 
-def _kernel_exit(a: _Analysis, allow_inexact: bool) -> tuple[Segment, MergedExit]:
+def _kernel_exit(a: Analysis, allow_inexact: bool) -> tuple[Segment, MergedExit]:
     """The whole model as one merged exit (refusals name the problem)."""
     _require_linear(a, "kernel", allow_affine_ops=False)
     output = a.single_output()
@@ -392,21 +160,21 @@ def _kernel_exit(a: _Analysis, allow_inexact: bool) -> tuple[Segment, MergedExit
     return segments[0], merged
 
 
-def _convert_kernel(a: _Analysis, requested: str, reason: str, segment: Segment,
+def _convert_kernel(a: Analysis, requested: str, reason: str, segment: Segment,
                     merged: MergedExit) -> Conversion:
     module = converted_module(a.traced, a.part, {segment.name: [merged]}, a.dtype)
-    report = _segment_report(a, segment)
+    report = segment_report(a, segment)
     report.merged_into, report.exact, report.region = merged.describe(), merged.exact, merged.where
     report.merged, report.macs_after = True, merged.macs
     report.reason = f"mode='kernel'{'' if merged.exact else ' with allow_inexact=True'}"
     out = ConversionReport("kernel", requested, a.traced.front_end, reason, [report],
-                           a.boundaries(), _notes(a), a.total_macs(), merged.macs)
+                           a.boundaries(), notes(a), a.total_macs(), merged.macs)
     return Conversion(module, out, a.traced.example_input,
                       None if merged.exact else merged.region,
                       None if merged.exact else merged.where, a.traced.dynamic_batch)
 
 
-def _affine_map(model: Any, a: _Analysis) -> MergedExit:
+def _affine_map(model: Any, a: Analysis) -> MergedExit:
     """``W, B`` of the whole model (float64) as an nn.Linear exit, checked on the example."""
     _require_linear(a, "affine", allow_affine_ops=True)
     output = a.single_output()
@@ -415,7 +183,6 @@ def _affine_map(model: Any, a: _Analysis) -> MergedExit:
     x = a.traced.example_input.to(torch.float64)
     with torch.no_grad():
         try:
-            import copy
             reference = copy.deepcopy(target).double()(x)
         except (RuntimeError, TypeError):
             reference = None
@@ -434,24 +201,23 @@ def _affine_map(model: Any, a: _Analysis) -> MergedExit:
                       where="exact at every output position (the affine map of the model)")
 
 
-def _convert_affine(a: _Analysis, requested: str, reason: str, merged: MergedExit) -> Conversion:
+def _convert_affine(a: Analysis, requested: str, reason: str, merged: MergedExit) -> Conversion:
     writer = GraphWriter(a.traced, a.dtype)
     x = writer.placeholder(a.traced.input_node)
     writer.output(writer.emit_merged(merged, x, a.traced.input_shape, "affine"))
     module = writer.finish()
-    report = SegmentReport("model", a.traced.input_node.name,
-                           [f"{n.name}: {a.traced.op_name(n)}" for n in a.ops],
+    report = SegmentReport("model", a.traced.input_node.name, display_nodes(a, list(a.ops)),
                            [merged.exit.name], merged.describe(), True, merged.where, True,
                            "mode='affine'", a.total_macs(), merged.macs)
     out = ConversionReport("affine", requested, a.traced.front_end, reason, [report],
-                           a.boundaries(), _notes(a), a.total_macs(), merged.macs)
+                           a.boundaries(), notes(a), a.total_macs(), merged.macs)
     return Conversion(module, out, a.traced.example_input, None, None, a.traced.dynamic_batch)
 
 
 # ------------------------------------------------------------------------------ auto
 
 
-def _auto(model: Any, a: _Analysis, options: dict[str, Any]) -> Conversion:
+def _auto(model: Any, a: Analysis, options: dict[str, Any]) -> Conversion:
     """The cheapest exact form of a linear model; partial for a nonlinear one."""
     if a.nonlinear:
         node = a.nonlinear[0]
@@ -489,7 +255,7 @@ def _auto(model: Any, a: _Analysis, options: dict[str, Any]) -> Conversion:
             estimates["kernel"] = (machine.seconds("direct", dtype, macs, 0, 1), macs,
                                    kernel[1].describe())
         except (ConversionError, MemoryError) as exc:
-            kernel_note = f"; kernel not available ({str(exc).split(' — ')[-1][:120]})"
+            kernel_note = f"; kernel not available: {str(exc).removeprefix('mode=' + repr('kernel') + ': ')[:200]}"
     best = min(estimates, key=lambda k: estimates[k][0])
     summary = ", ".join(f"{k}: {v[1]:,} multiply-adds, est. {v[0] * 1e3:.3g} ms ({v[2]})"
                         for k, v in sorted(estimates.items(), key=lambda kv: kv[1][0]))
@@ -519,7 +285,7 @@ def convert(model: nn.Module | torch.export.ExportedProgram, example_input: torc
                        ("progress", progress), ("measure", measure)):
         if not isinstance(flag, bool):
             raise ConversionError(f"{name} must be True or False, got {flag!r}")
-    a = _analyse(model, example_input)
+    a = analyse(model, example_input)
     options = dict(allow_inexact=allow_inexact, merge_slower=merge_slower, progress=progress,
                    measure=measure)
     if mode == "partial":

@@ -37,8 +37,10 @@ import numpy as np
 import torch
 from torch import fx
 
+from ..algebra.network import Conv
 from ..numeric import NetworkModule, collapse_numeric
 from ..numeric.kernels import KernelOperator
+from .convert_estimate import estimate_collapse
 from .linear_ops import LinearOp
 from .segments import NotMergeable, Segment, SegmentNetwork, build_network
 from .trace import TracedModel
@@ -218,15 +220,71 @@ def _zero_response(sn: SegmentNetwork) -> torch.Tensor:
         return NetworkModule(sn.network, torch.float64)(zero)[0]
 
 
+#: collapses estimated to take longer than this (seconds of float64 FFT products) are not
+#: attempted: the segment stays as it is
+COLLAPSE_SECONDS_LIMIT = 5.0
+#: a merge predicted (before collapsing) to need this many times the layers' multiply-adds
+#: is not attempted unless asked for (the prediction ignores dilation, so it is an upper
+#: bound; the decision on the actual cost is the caller's)
+PREDICTED_SLOWER_FACTOR = 4.0
+
+
+def _check_estimates(sn: SegmentNetwork, exits: list[fx.Node], macs_before: int | None) -> None:
+    """Refuse (NotMergeable) before any product when the collapse would take too long, or
+    when the merged form is predicted to cost far more than the layers."""
+    total_seconds, total_macs, kernels = 0.0, 0, []
+    for node in exits:
+        sn.network.set_output(sn.exit_value(node))
+        estimate = estimate_collapse(sn.network, sn.input_shape)
+        total_seconds += estimate.seconds
+        total_macs += estimate.macs
+        kernels.append("x".join(map(str, estimate.kernel)))
+    if total_seconds > COLLAPSE_SECONDS_LIMIT:
+        raise NotMergeable(f"collapsing would take about {total_seconds:.3g} s of polynomial "
+                           f"products (kernel {', '.join(kernels)}): kept as it is")
+    if macs_before is not None and total_macs >= PREDICTED_SLOWER_FACTOR * max(macs_before, 1):
+        raise NotMergeable(f"the merged kernel ({', '.join(kernels)}) is predicted to need "
+                           f"~{total_macs:,} multiply-adds per sample, the layers "
+                           f"{macs_before:,}; merge_slower=True merges it anyway")
+
+
+def _single_conv(sn: SegmentNetwork) -> KernelOperator | None:
+    """The operator of a network that is ONE zero-padded convolution of its input (after
+    batch norms were folded into it): that convolution is its own collapse, exact at every
+    output position (its taps outside the window read the zero padding of the input
+    itself), so no polynomial product is needed."""
+    net = sn.network
+    order = [n for n in net.order() if n != "input"]
+    if len(order) != 1:
+        return None
+    conv = net.nodes[order[0]]
+    if not isinstance(conv, Conv) or conv.mode != "zeros" or conv.inputs != ("input",):
+        return None
+    return KernelOperator.from_weight(
+        torch.from_numpy(np.array(conv.weight, dtype=np.float64)),   # a writable copy
+        None if conv.bias is None else torch.from_numpy(np.array(conv.bias, dtype=np.float64)),
+        stride=conv.stride, padding=tuple(l for l, _ in conv.padding), dilation=conv.dilation,
+        groups=conv.groups)
+
+
 def merge_exits(segment: Segment, traced: TracedModel, ops: dict[fx.Node, Any], *,
-                need_exact: bool = False) -> list[MergedExit]:
+                need_exact: bool = False, macs_before: int | None = None) -> list[MergedExit]:
     """One :class:`MergedExit` per exit of ``segment`` (module docstring).  ``need_exact``
-    stops at the first inexact exit (NotMergeable naming the region)."""
+    stops at the first inexact exit (NotMergeable naming the region); given
+    ``macs_before`` (the layers' cost), a merge predicted to be much slower is refused
+    before collapsing.  A collapse estimated to take too long is always refused."""
     sn = build_network(segment, traced, ops)
+    _check_estimates(sn, segment.exits, macs_before)
     linear_part: SegmentNetwork | None = None
     merged = []
     for node in segment.exits:
         sn.network.set_output(sn.exit_value(node))
+        single = _single_conv(sn)
+        if single is not None:   # one zero-padded conv (after folding) reads the input
+            merged.append(_emission(node, single, sn, tuple(
+                sn.network.shapes(sn.input_shape)[sn.network.output_name][1:]), False, None,
+                True, "exact at every output position (one convolution)", None, traced))
+            continue
         try:
             result = collapse_numeric(sn.network, sn.input_shape)
         except (ValueError, TypeError) as exc:

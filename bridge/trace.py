@@ -3,10 +3,12 @@
 ``trace(model, example_input)`` returns a :class:`torch.export.ExportedProgram` whose graph
 holds ATen operators, so that ``nn.Conv2d(x)``, ``F.conv2d(x, w)`` and ``x.conv2d`` all
 arrive as the same node (``aten.conv2d``), ``x.mean((2, 3))`` as ``aten.mean.dim``, and so on.
-The program is *functional*: ``run_decompositions({})`` (an empty decomposition table)
-turns in-place operators such as ``relu_`` into their out-of-place form — an in-place op
-would otherwise change a value that a later linear op reads — and decomposes nothing else
-(``aten.pad``, ``aten.conv2d``, ``aten.linear`` stay as they are).
+The graph the converter reads is *functional*: an in-place op such as ``relu_`` would
+otherwise change a value that a later linear op reads.  An in-place op whose written tensor
+is a fresh result nothing else reads is simply replaced by its out-of-place form
+(:func:`out_of_place`, the common ``nn.ReLU(inplace=True)`` case); if any other remains,
+the program goes through ``run_decompositions({})`` (an empty decomposition table:
+functionalization only, so ``aten.pad``, ``aten.conv2d``, ``aten.linear`` stay as they are).
 
 Front ends, tried in order (:func:`trace_model` says which one was used):
 
@@ -26,11 +28,12 @@ weights such as ``w / ||w||`` are as exact as the float64 reference of the model
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import fx, nn
@@ -38,7 +41,7 @@ from torch import fx, nn
 from ..algebra.errors import LaurentnetError
 
 __all__ = ["ConversionError", "TracedModel", "trace", "trace_model", "check_example_input",
-           "model_dtype"]
+           "model_dtype", "out_of_place"]
 
 
 class ConversionError(LaurentnetError, ValueError):
@@ -98,6 +101,56 @@ def _placeholder(program: torch.export.ExportedProgram) -> torch.fx.Node:
 
 def _is_dynamic(size: Any) -> bool:
     return isinstance(size, torch.SymInt) and not isinstance(size.node.maybe_as_int(), int)
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """torch 2.13's export machinery warns about its own deprecated pytree API."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*treespec.*")
+        yield
+
+
+def _writes(op: torch._ops.OpOverload) -> list[int]:
+    """Positions of the arguments an ATen op writes to (``Tensor(a!)``)."""
+    return [i for i, a in enumerate(op._schema.arguments)
+            if a.alias_info is not None and a.alias_info.is_write]
+
+
+def _returns_alias(node: fx.Node) -> bool:
+    """Whether the node's result may share memory with an argument (a view)."""
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload):
+        return True
+    return any(r.alias_info is not None for r in target._schema.returns)
+
+
+def out_of_place(module: fx.GraphModule) -> bool:
+    """Rewrite in-place ops (``relu_``, ``add_``) to their out-of-place form where that
+    changes nothing: the tensor written is a fresh result (not an input, a parameter or a
+    view) that nothing else reads.  Returns False, leaving the rest as it is, when some
+    in-place op cannot be rewritten (then the whole program must be functionalized)."""
+    ok = True
+    for node in module.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        written = _writes(target)
+        if not written:
+            continue
+        name = target.overloadpacket.__name__
+        functional = getattr(getattr(torch.ops.aten, name.rstrip("_"), None),
+                             target._overloadname, None) if name.endswith("_") else None
+        args = [node.args[i] if i < len(node.args) else None for i in written]
+        safe = functional is not None and len(written) == 1 and all(
+            isinstance(a, fx.Node) and a.op == "call_function" and not _returns_alias(a)
+            and list(a.users) == [node] for a in args)
+        if safe:
+            node.target = functional
+        else:
+            ok = False
+    module.recompile()
+    return ok
 
 
 def _export(model: nn.Module, x: torch.Tensor) -> tuple[torch.export.ExportedProgram, bool]:
@@ -254,10 +307,13 @@ def trace_model(model: nn.Module | torch.export.ExportedProgram, example_input: 
     dropout is random: convert the eval-mode model, ``model.eval()``)."""
     x = check_example_input(example_input)
     if isinstance(model, torch.export.ExportedProgram):
-        program = model.run_decompositions({})
+        with _quiet_torch():
+            program, module = model, model.module()
+            if not out_of_place(module):
+                program = model.run_decompositions({})
+                module = program.module()
         dynamic = _is_dynamic(_placeholder(program).meta["val"].shape[0])
-        return TracedModel(program, program.module(), "torch.export.ExportedProgram (given)",
-                           dynamic, x)
+        return TracedModel(program, module, "torch.export.ExportedProgram (given)", dynamic, x)
     if not isinstance(model, nn.Module):
         raise ConversionError(f"model must be an nn.Module or a torch.export.ExportedProgram, "
                               f"got {type(model).__name__}")
@@ -274,9 +330,12 @@ def trace_model(model: nn.Module | torch.export.ExportedProgram, example_input: 
     ]
     for name, front in front_ends:
         try:
-            program, dynamic = _export(front(), x)
-            program = program.run_decompositions({})
-            module = program.module()
+            with _quiet_torch():
+                program, dynamic = _export(front(), x)
+                module = program.module()
+                if not out_of_place(module):
+                    program = program.run_decompositions({})
+                    module = program.module()
         except Exception as exc:  # noqa: BLE001 - every front end's failure is reported
             failures.append(f"{name}: {_first_line(exc)}")
             continue
@@ -290,9 +349,9 @@ def trace_model(model: nn.Module | torch.export.ExportedProgram, example_input: 
 
 def trace(model: nn.Module | torch.export.ExportedProgram, example_input: torch.Tensor
           ) -> torch.export.ExportedProgram:
-    """The model as a functional ATen-level :class:`~torch.export.ExportedProgram`
-    (batch dynamic when the model allows it); :func:`trace_model` also says which front
-    end produced it."""
+    """The model as an ATen-level :class:`~torch.export.ExportedProgram` (batch dynamic when
+    the model allows it; functionalized when it has in-place ops that matter);
+    :func:`trace_model` also says which front end produced it."""
     return trace_model(model, example_input).program
 
 
