@@ -53,7 +53,7 @@ from .convert_report import ConversionReport, SegmentReport
 from .count_layers import count_layers
 from .linear_ops import LinearOp
 from .segments import NotMergeable, Segment
-from .trace import ConversionError
+from .trace import ConversionError, quiet_torch
 
 __all__ = ["convert", "Conversion", "ConversionError", "ConversionReport", "count_layers",
            "MODES"]
@@ -95,10 +95,12 @@ class Conversion:
 def _export_module(module: nn.Module, x: torch.Tensor, dynamic: bool
                    ) -> torch.export.ExportedProgram:
     example = x.to(_first_float_dtype(module, x.dtype))
-    if dynamic:
-        batch = torch.cat([example, example]) if example.shape[0] == 1 else example
-        return torch.export.export(module, (batch,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    return torch.export.export(module, (example,))
+    with quiet_torch():
+        if dynamic:
+            batch = torch.cat([example, example]) if example.shape[0] == 1 else example
+            return torch.export.export(module, (batch,),
+                                       dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        return torch.export.export(module, (example,))
 
 
 def _first_float_dtype(module: nn.Module, fallback: torch.dtype) -> torch.dtype:
@@ -183,7 +185,8 @@ def _affine_map(model: Any, a: Analysis) -> MergedExit:
     x = a.traced.example_input.to(torch.float64)
     with torch.no_grad():
         try:
-            reference = copy.deepcopy(target).double()(x)
+            with quiet_torch():   # deep-copying an exported module copies its pytree specs
+                reference = copy.deepcopy(target).double()(x)
         except (RuntimeError, TypeError):
             reference = None
     if isinstance(reference, torch.Tensor):

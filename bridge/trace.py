@@ -41,7 +41,7 @@ from torch import fx, nn
 from ..algebra.errors import LaurentnetError
 
 __all__ = ["ConversionError", "TracedModel", "trace", "trace_model", "check_example_input",
-           "model_dtype", "out_of_place"]
+           "model_dtype", "out_of_place", "quiet_torch"]
 
 
 class ConversionError(LaurentnetError, ValueError):
@@ -104,7 +104,7 @@ def _is_dynamic(size: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_torch() -> Iterator[None]:
+def quiet_torch() -> Iterator[None]:
     """torch 2.13's export machinery warns about its own deprecated pytree API."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*treespec.*")
@@ -307,7 +307,7 @@ def trace_model(model: nn.Module | torch.export.ExportedProgram, example_input: 
     dropout is random: convert the eval-mode model, ``model.eval()``)."""
     x = check_example_input(example_input)
     if isinstance(model, torch.export.ExportedProgram):
-        with _quiet_torch():
+        with quiet_torch():
             program, module = model, model.module()
             if not out_of_place(module):
                 program = model.run_decompositions({})
@@ -330,7 +330,7 @@ def trace_model(model: nn.Module | torch.export.ExportedProgram, example_input: 
     ]
     for name, front in front_ends:
         try:
-            with _quiet_torch():
+            with quiet_torch():
                 program, dynamic = _export(front(), x)
                 module = program.module()
                 if not out_of_place(module):
