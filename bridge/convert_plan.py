@@ -26,7 +26,7 @@ from .linear_ops import Boundary, LinearOp
 from .segments import NotMergeable, Partition, Segment, partition
 from .trace import ConversionError, TracedModel, check_example_input, model_dtype, trace_model
 
-__all__ = ["Analysis", "analyse", "display_nodes", "segment_report", "plan_segments",
+__all__ = ["Analysis", "analyse", "display_nodes", "segment_report", "plan_segments", "median_seconds",
            "partial_region", "notes"]
 
 
@@ -97,7 +97,8 @@ def segment_report(a: Analysis, segment: Segment) -> SegmentReport:
 # ------------------------------------------------------------------------ timing
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
     samples = []
     for _ in range(repeats):
@@ -131,9 +132,9 @@ def _measure(a: Analysis, segment: Segment, merged: Sequence[MergedExit] | None,
         original, fused = segment_modules(a.traced, segment, merged, a.dtype)
         with torch.inference_mode():
             if original is not None:
-                report.seconds_before = _median_seconds(lambda: original(value))
+                report.seconds_before = median_seconds(lambda: original(value))
             if fused is not None:
-                report.seconds_after = _median_seconds(lambda: fused(value))
+                report.seconds_after = median_seconds(lambda: fused(value))
     except (RuntimeError, TypeError, ValueError):
         report.seconds_before = report.seconds_after = None
 

@@ -18,7 +18,6 @@
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from torch import nn
 
 from ..algebra import Network, collapse, prove_collapse
 from ..numeric import DirectConv, KernelOperator
+from .convert_plan import median_seconds
 
 __all__ = ["DemoReport", "DigitsResNet", "body_network", "load_digits", "run_demo", "train"]
 
@@ -134,16 +134,6 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epoch
             optimizer.step()
     model.eval()
     return time.perf_counter() - start
-
-
-def _median_seconds(function: Callable[[], Any], repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _accuracy(module: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -270,8 +260,8 @@ def run_demo(seed: int = 0, channels: int = 8, repeats: int = 7, tolerance: floa
         converted = load(converted_path).module
     check = verify(loaded.module, converted, input_shape=tuple(x_test.shape[1:]), data=x_test)
     with torch.inference_mode():
-        seconds_original = _median_seconds(lambda: model(x_test), repeats)
-        seconds_converted = _median_seconds(lambda: converted(x_test), repeats)
+        seconds_original = median_seconds(lambda: model(x_test), repeats)
+        seconds_converted = median_seconds(lambda: converted(x_test), repeats)
     described, where, exact_seconds, proof, proved, rel = _exact_body(model, x_test)
     return DemoReport(
         channels=channels, train_images=len(y_train), test_images=len(y_test),
