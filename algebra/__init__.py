@@ -10,8 +10,11 @@ Never imports torch.  Public API:
 * :func:`apply_operator` — exact application to a finite (or periodic) signal;
 * :func:`exact_rational` — floats to rationals without rounding.
 """
-from .errors import LaurentnetError
+from .ground_types import sympy_ground_types  # first: before anything imports sympy
+from .errors import (DependencyError, InvalidInputError, InvalidTypeError, LaurentnetError,
+                     UnknownNameError)
 from .channels import ChannelIndexError
+from .memory import InvalidBudgetError, MemoryBudgetError, memory_limit
 from .exact import exact_rational, round_rational, to_domain
 from .laurent import LaurentPoly, LaurentRing, laurent_ring
 from .layout import TorchLayout, default_ring, operator_from_weight, operator_to_weight
@@ -20,11 +23,13 @@ from .signal import apply_operator, signal_to_polys
 from .symbolic_weights import symbolic_operator, weight_symbols
 
 __all__ = [
-    "LaurentnetError", "ChannelIndexError", "LaurentRing", "LaurentPoly", "laurent_ring", "ConvOperator", "block_diag", "vstack",
+    "LaurentnetError", "ChannelIndexError", "MemoryBudgetError", "InvalidBudgetError",
+    "memory_limit", "LaurentRing", "LaurentPoly", "laurent_ring", "ConvOperator", "block_diag", "vstack",
     "hstack", "TorchLayout", "operator_from_weight", "operator_to_weight", "default_ring",
     "apply_operator", "signal_to_polys", "exact_rational", "round_rational", "to_domain",
     "symbolic_operator",
     "weight_symbols",
+    "InvalidInputError", "InvalidTypeError", "UnknownNameError", "DependencyError",
 ]
 from .network import Network, Value, PADDING_MODES
 from .collapse import CollapseResult, collapse
@@ -38,3 +43,12 @@ __all__ += ["Certificate", "Counterexample", "prove", "prove_collapse"]
 from .identities import LIBRARY, Identity, prove_library
 
 __all__ += ["LIBRARY", "Identity", "prove_library"]
+from .basis import BasisOperator, prove_basis_identity
+
+__all__ += ["BasisOperator", "prove_basis_identity"]
+from .structured import (BlockCirculant, Coupling, Dense, Depthwise, Grouped, Lean, Pointwise,
+                         STRUCTURES)
+from .channel_dft import ChannelDFT, channel_dft
+
+__all__ += ["Coupling", "Dense", "Depthwise", "Pointwise", "Grouped", "Lean", "BlockCirculant",
+            "STRUCTURES", "ChannelDFT", "channel_dft"]

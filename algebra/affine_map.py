@@ -21,8 +21,9 @@ import sympy
 from sympy.polys.domains.domain import Domain
 from sympy.polys.matrices import DomainMatrix
 
+from .errors import InvalidInputError, InvalidTypeError
 from .exact import round_rational, to_domain
-from .memory import check_budget
+from .memory import check_budget, memory_limit
 from .regions import mode_index
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                       GlobalAvgPool, Input, Linear, Network, Shape, Split)
@@ -209,7 +210,7 @@ class AffineMap:
         def number(v: Any) -> Any:
             value = to_sympy(v)
             if value.free_symbols:
-                raise ValueError(f"the map is symbolic ({value}); substitute values first")
+                raise InvalidInputError(f"the map is symbolic ({value}); substitute values first")
             return round_rational(value, dtype)
         W = np.zeros(self.W.shape, dtype=dtype)
         for r, row in self.W.rep.to_dod().items():
@@ -220,9 +221,13 @@ class AffineMap:
 
     def apply(self, x: Any) -> np.ndarray:
         """Exact ``W x + B`` for one input of ``input_shape`` (object array, output shape)."""
-        if tuple(np.shape(x)) != tuple(self.input_shape):
-            raise ValueError(f"expected one input of shape {self.input_shape}, got "
-                             f"{tuple(np.shape(x))} (call the map itself on a batch)")
+        try:
+            shape = tuple(np.shape(x))
+        except ValueError:  # a ragged nested list
+            shape = "a ragged nested list"
+        if shape != tuple(self.input_shape):
+            raise InvalidInputError(f"x: expected one input of shape {self.input_shape}, got "
+                                    f"{shape} (call the map itself on a batch)")
         flat = np.asarray(x, dtype=object).reshape(-1)
         dom = self.domain
         values = [to_domain(v, dom) for v in flat]
@@ -240,8 +245,8 @@ class AffineMap:
         ``(N, *output_shape)`` (the twin of :class:`laurentnet.numeric.AffineMap`'s call)."""
         batch = np.asarray(X, dtype=object)
         if batch.shape[1:] != tuple(self.input_shape):
-            raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
-                             f"got {batch.shape}")
+            raise InvalidInputError(f"X: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
+                                    f"got {batch.shape}")
         return np.stack([self.apply(x) for x in batch]) if len(batch) else \
             np.empty((0, *self.output_shape), dtype=object)
 
@@ -257,8 +262,18 @@ class AffineMap:
         return sum(len(r) for r in self.W.rep.to_dod().values())
 
 
-def collapse_affine(network: Network, input_shape: Sequence[int]) -> AffineMap:
-    """The exact affine map of the whole network (any padding, flatten, linear)."""
+def collapse_affine(network: Network, input_shape: Sequence[int], *, budget: Any = None
+                    ) -> AffineMap:
+    """The exact affine map of the whole network (any padding, flatten, linear).
+    ``budget`` (bytes or a size like ``"200M"``; default the budget in force) bounds the
+    dense size of the widest layer's map, checked from the shapes before any work."""
+    if not isinstance(network, Network):
+        raise InvalidTypeError(f"collapse_affine needs an algebra Network, got {type(network).__name__}")
+    with memory_limit(budget):
+        return _collapse_affine(network, input_shape)
+
+
+def _collapse_affine(network: Network, input_shape: Sequence[int]) -> AffineMap:
     shapes = network.shapes(input_shape)
     domain = network.domain
     n_in = int(np.prod(shapes["input"]))
@@ -291,8 +306,8 @@ def collapse_affine(network: Network, input_shape: Sequence[int]) -> AffineMap:
         else:
             try:
                 rows, bias = layer_matrix(node, [shapes[p] for p in node.inputs], shape, domain)
-            except ValueError as exc:
-                raise ValueError(f"node {name!r} ({node.describe()}): {exc}") from None
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"node {name!r} ({node.describe()}): {exc}") from None
             (parent,) = node.inputs
             W_in, B_in = values[parent]
             M = DomainMatrix(rows, (n, W_in.shape[0]), domain)

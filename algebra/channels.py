@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LaurentnetError
+from .errors import InvalidInputError, InvalidTypeError, LaurentnetError
 
 __all__ = ["ChannelIndexError", "channel_index"]
 
@@ -41,21 +41,21 @@ def channel_index(rows: Any, count: int, what: str) -> list[int]:
         index = [rows]
     elif hasattr(rows, "tolist") and hasattr(rows, "dtype"):  # a numpy array or a tensor
         if getattr(rows, "ndim", 1) > 1 or not _integer_dtype(rows.dtype):
-            raise TypeError(f"{what} index must be an int, a slice or a sequence of ints, "
-                            f"got {rows!r}")
+            raise InvalidTypeError(f"{what} index must be an int, a slice or a sequence of ints, "
+                                   f"got {rows!r}")
         flat = rows.tolist()
         index = flat if isinstance(flat, list) else [flat]
     elif isinstance(rows, (str, bytes)) or not hasattr(rows, "__iter__"):
-        raise TypeError(f"{what} index must be an int, a slice or a sequence of ints, "
-                        f"got {rows!r}")
+        raise InvalidTypeError(f"{what} index must be an int, a slice or a sequence of ints, "
+                               f"got {rows!r}")
     else:
         index = list(rows)
     for i in index:
         if not _is_int(i):
-            raise TypeError(f"{what} index must be an int, a slice or a sequence of ints, "
-                            f"got {rows!r}")
+            raise InvalidTypeError(f"{what} index must be an int, a slice or a sequence of ints, "
+                                   f"got {rows!r}")
         if not -count <= i < count:
             raise ChannelIndexError(f"{what} {int(i)} out of range: the operator has {count}")
     if not index:
-        raise ValueError(f"a channel selection must keep at least one {what}")
+        raise InvalidInputError(f"a channel selection must keep at least one {what}")
     return [int(i) % count for i in index]

@@ -26,17 +26,21 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from sympy.polys.domains import QQ
 
-from .memory import check_budget, estimate_bytes
+from .errors import InvalidInputError, InvalidTypeError
+from .footprint import OperatorShape, consumers, walk_footprint
+from .memory import EXACT_TERM_BYTES, check_budget, estimate_bytes, format_bytes, memory_limit
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
                       Input, Linear, Network, Shape, Split)
 from .operator import ConvOperator, vstack
 from .protocols import CollapseBackend
 from .regions import Extent, TapPattern, merge_add, merge_concat, propagate
 from .signal import apply_operator
+from .validate import choice_arg, instance_arg, optional_bool_arg
 
 __all__ = ["CollapseResult", "collapse", "collapse_walk", "AlgebraBackend", "WalkResult",
-           "is_periodic_network"]
+           "is_periodic_network", "select_backend", "BACKENDS"]
 
 
 def _tap_pattern(op: ConvOperator) -> TapPattern:
@@ -100,8 +104,12 @@ class CollapseResult:
     def apply(self, x: Any) -> np.ndarray:
         """The collapsed operator applied exactly to ``x`` (shape ``input_shape``): equal to
         the network on ``region`` (periodic semantics when ``periodic``)."""
-        if tuple(np.shape(x)) != tuple(self.input_shape):
-            raise ValueError(f"expected an input of shape {self.input_shape}, got {tuple(np.shape(x))}")
+        try:
+            shape = tuple(np.shape(x))
+        except ValueError:  # a ragged nested list
+            shape = "a ragged nested list"
+        if shape != tuple(self.input_shape):
+            raise InvalidInputError(f"x: expected an input of shape {self.input_shape}, got {shape}")
         return apply_operator(self.operator, x, self.output_shape[1:], periodic=self.periodic)
 
     def where(self) -> str:
@@ -158,6 +166,22 @@ class AlgebraBackend:
         zero = op.ring.domain.zero
         return np.array([b != zero for b in op.bias], dtype=bool)
 
+    # -- the memory guard's model (algebra.footprint.FootprintModel) ----------------------
+    def operator_bytes(self, shape: OperatorShape) -> int:
+        """Sparse polynomials: ``EXACT_TERM_BYTES`` per possibly nonzero term, plus one
+        reference per matrix entry."""
+        return shape.pairs * shape.taps * EXACT_TERM_BYTES + 8 * shape.rows * shape.cols
+
+    def layer_bytes(self, shape: OperatorShape) -> int:
+        """The layer's operator and its tap pattern (one bool per entry and tap)."""
+        return self.operator_bytes(shape) + shape.rows * shape.cols * shape.taps
+
+    def product_bytes(self, outer: OperatorShape, inner: OperatorShape,
+                      result: OperatorShape) -> int:
+        """The substituted copies of both factors and the partial sums."""
+        return self.operator_bytes(outer) + self.operator_bytes(inner) + \
+            self.operator_bytes(result) // 2
+
 
 def _padding_rule(node: Any) -> str:
     """What a layer reads outside its input window (see :func:`algebra.regions.propagate`)."""
@@ -179,23 +203,43 @@ class WalkResult:
 
 
 def collapse_walk(network: Network, input_shape: Sequence[int], backend: CollapseBackend,
-                  periodic: bool | None = None) -> WalkResult:
+                  periodic: bool | None = None, budget: Any = None) -> WalkResult:
     """Compose every node's operator along the DAG (``backend`` makes them) and propagate
-    the exact region (see the module docstring)."""
+    the exact region (see the module docstring).  Before building anything, the walk's
+    peak memory is estimated from the shapes (:func:`algebra.footprint.walk_footprint`)
+    and refused over ``budget`` (default: the budget in force, :mod:`algebra.memory`)."""
     if not isinstance(network, Network):
-        raise TypeError(f"expected an algebra.Network, got {type(network).__name__}")
-    if periodic not in (None, True, False):
-        raise TypeError(f"periodic must be None, True or False, got {periodic!r}")
+        raise InvalidTypeError(f"network must be an algebra.Network, got {type(network).__name__}")
+    periodic = optional_bool_arg(periodic, "periodic")
+    with memory_limit(budget):
+        return _walk(network, input_shape, backend, periodic)
+
+
+def check_walk_budget(network: Network, shapes: dict[str, Shape], backend: Any) -> int:
+    """Refuse (:class:`MemoryBudgetError`) a walk whose estimated peak is over the budget
+    in force; return the estimate in bytes."""
+    masks = sum(estimate_bytes(shape, np.bool_) * 3 for shape in shapes.values())
+    peak, where = walk_footprint(network, shapes, backend)
+    check_budget(peak + masks, f"collapsing this network (peak at node {where!r}: "
+                 f"{format_bytes(peak)} of operators, {format_bytes(masks)} of region masks)")
+    return peak + masks
+
+
+def _walk(network: Network, input_shape: Sequence[int], backend: CollapseBackend,
+          periodic: bool | None) -> WalkResult:
     shapes = network.shapes(input_shape)
-    check_budget(sum(estimate_bytes(shape, np.bool_) * 3 for shape in shapes.values()),
-                 "the exact-region masks of this network")
+    prepare = getattr(backend, "prepare", None)  # a backend that sizes itself on the shapes
+    if prepare is not None:
+        prepare(shapes)
+    check_walk_budget(network, shapes, backend)
     detected = is_periodic_network(network, shapes)
     if periodic is True and not detected:
-        raise ValueError("the network is not periodic: every conv must be circular and "
-                         "size-keeping (or 1x1), pools non-overlapping, strides dividing sizes")
+        raise InvalidInputError("the network is not periodic: every conv must be circular and "
+                                "size-keeping (or 1x1), pools non-overlapping, strides dividing sizes")
     use_periodic = detected if periodic is None else periodic
     ops: dict[str, Any] = {}
     extents: dict[str, Extent] = {}
+    readers = consumers(network)
     for name in network.order():
         node = network.nodes[name]
         shape = shapes[name]
@@ -205,8 +249,8 @@ def collapse_walk(network: Network, input_shape: Sequence[int], backend: Collaps
             extents[name] = Extent.of_input(shape[0], window)
             continue
         if isinstance(node, (Flatten, Linear)):
-            raise ValueError(f"node {name!r} ({node.describe()}) is not a convolution; "
-                             "collapse the network to an affine map (collapse_affine) instead")
+            raise InvalidInputError(f"node {name!r} ({node.describe()}) is not a convolution; "
+                                    "collapse the network to an affine map (collapse_affine) instead")
         local = None
         try:
             if isinstance(node, Add):
@@ -218,37 +262,77 @@ def collapse_walk(network: Network, input_shape: Sequence[int], backend: Collaps
                 (parent,) = node.inputs
                 local = backend.node_operator(node, shapes[parent])
                 ops[name] = local @ ops[parent]
-        except ValueError as exc:
-            raise ValueError(f"node {name!r} ({node.describe()}): {exc}") from None
-        if use_periodic:
-            continue
-        biased = backend.bias_mask(ops[name])
-        parents = [extents[p] for p in node.inputs]
-        if isinstance(node, Add):
-            extents[name] = merge_add(parents, biased)
-        elif isinstance(node, Concat):
-            extents[name] = merge_concat(parents, biased)
-        elif isinstance(node, (ChannelAffine, Split)):
-            src = parents[0]
-            rows = slice(node.start, node.stop) if isinstance(node, Split) else slice(None)
-            extents[name] = Extent(window, src.exact[rows].copy(), src.support_offset,
-                                   src.support[rows], biased)
-        else:
-            extents[name] = propagate(parents[0], backend.tap_pattern(local), tuple(local.stride),
-                                      tuple(local.upsample),
-                                      window, _padding_rule(node), biased, shape[0])
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"node {name!r} ({node.describe()}): {exc}") from None
+        if not use_periodic:
+            extents[name] = _node_extent(node, local, ops[name], [extents[p] for p in node.inputs],
+                                         shape, backend)
+        for parent in node.inputs:  # free what no later node reads
+            readers[parent] -= 1
+            if readers[parent] == 0:
+                ops.pop(parent, None)
+                extents.pop(parent, None)
     out = network.output_name
     if len(shapes[out]) != network.ndim + 1:
-        raise ValueError("the network output is not an image; use collapse_affine")
+        raise InvalidInputError("the network output is not an image; use collapse_affine")
     region = np.ones(shapes[out][1:], bool) if use_periodic else extents[out].region()
     return WalkResult(ops[out], shapes, region, use_periodic)
 
 
-def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | None = None
-             ) -> CollapseResult:
+def _node_extent(node: Any, local: Any, op: Any, parents: list[Extent], shape: Shape,
+                 backend: CollapseBackend) -> Extent:
+    """The node's :class:`Extent` from its parents' (see :mod:`algebra.regions`)."""
+    window = shape[1:]
+    biased = backend.bias_mask(op)
+    if isinstance(node, Add):
+        return merge_add(parents, biased)
+    if isinstance(node, Concat):
+        return merge_concat(parents, biased)
+    if isinstance(node, (ChannelAffine, Split)):
+        src = parents[0]
+        rows = slice(node.start, node.stop) if isinstance(node, Split) else slice(None)
+        return Extent(window, src.exact[rows].copy(), src.support_offset, src.support[rows],
+                      biased)
+    return propagate(parents[0], backend.tap_pattern(local), tuple(local.stride),
+                     tuple(local.upsample), window, _padding_rule(node), biased, shape[0])
+
+
+#: the exact collapse backends :func:`collapse` accepts
+BACKENDS = ("auto", "sympy", "flint")
+
+
+def select_backend(network: Network, backend: str = "auto") -> str:
+    """``"flint"`` or ``"sympy"``: the backend :func:`collapse` uses for ``network``.
+    ``"auto"`` is python-flint when every weight is a number (the network's domain is
+    ``QQ``) and python-flint is importable, sympy's rings otherwise (symbolic weights)."""
+    backend = choice_arg(backend, "backend", BACKENDS)
+    if backend != "auto":
+        return backend
+    from .flint_backend import flint_available
+    return "flint" if network.domain == QQ and flint_available() else "sympy"
+
+
+def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | None = None,
+             budget: Any = None, backend: str = "auto") -> CollapseResult:
     """Collapse a linear network (no flatten/linear) for inputs of ``input_shape`` into one
     exact operator and its exact region.  ``periodic=None`` detects the periodic case;
-    ``True`` requires it; ``False`` uses zero-extended semantics."""
-    walk = collapse_walk(network, input_shape, AlgebraBackend(network), periodic)
-    return CollapseResult(walk.operator, tuple(walk.shapes["input"]),
+    ``True`` requires it; ``False`` uses zero-extended semantics.  ``budget`` (bytes, or a
+    size like ``"200M"``; default the budget in force) bounds the estimated peak memory:
+    over it, :class:`~laurentnet.algebra.memory.MemoryBudgetError` before any work.
+
+    ``backend`` chooses the exact arithmetic (:func:`select_backend`): ``"sympy"`` (sparse
+    polynomial rings, any domain), ``"flint"`` (python-flint, weights in ``QQ``:
+    :mod:`algebra.flint_backend`) or ``"auto"``; the result is the same ``ConvOperator``."""
+    instance_arg(network, Network, "network", "a laurentnet.algebra.Network",
+                 "build one with Network(ndim, in_channels) and its layer methods")
+    if select_backend(network, backend) == "flint":
+        from .flint_backend import FlintBackend
+        flint_backend = FlintBackend(network)
+        walk = collapse_walk(network, input_shape, flint_backend, periodic, budget)
+        with memory_limit(budget):
+            operator = flint_backend.to_conv_operator(walk.operator)
+    else:
+        walk = collapse_walk(network, input_shape, AlgebraBackend(network), periodic, budget)
+        operator = walk.operator
+    return CollapseResult(operator, tuple(walk.shapes["input"]),
                           walk.shapes[network.output_name], walk.region, walk.periodic)

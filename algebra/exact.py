@@ -18,6 +18,8 @@ from sympy import Expr, Rational as SymRational
 from sympy.polys.domains.domain import Domain
 from sympy.polys.polyerrors import CoercionFailed, GeneratorsError, PolynomialError
 
+from .errors import InvalidInputError, InvalidTypeError
+
 __all__ = ["exact_rational", "exact_sympy", "to_domain", "round_rational", "as_array",
            "check_finite"]
 
@@ -39,12 +41,12 @@ def exact_rational(value: Any) -> SymRational:
     if isinstance(value, (float, np.floating)):
         as_float = float(value)  # float16/32 -> float64 is exact
         if not math.isfinite(as_float):
-            raise ValueError(f"cannot convert non-finite number {as_float!r} to a rational")
+            raise InvalidInputError(f"cannot convert non-finite number {as_float!r} to a rational")
         numerator, denominator = as_float.as_integer_ratio()
         return SymRational(numerator, denominator)
     if isinstance(value, Expr) and value.is_Rational:
         return value
-    raise TypeError(f"cannot convert {type(value).__name__} {value!r} exactly to a rational")
+    raise InvalidTypeError(f"cannot convert {type(value).__name__} {value!r} exactly to a rational")
 
 
 def exact_sympy(value: Any) -> Any:
@@ -54,23 +56,23 @@ def exact_sympy(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, Expr) and getattr(value, "ndim", 0) == 0:
         value = value.item()  # numpy / torch scalars
     if isinstance(value, str):
-        raise TypeError(f"expected a number or a sympy expression, got the string {value!r}")
+        raise InvalidTypeError(f"expected a number or a sympy expression, got the string {value!r}")
     if isinstance(value, (complex, np.complexfloating)):
-        raise TypeError(f"complex value {value!r}: only real weights are supported")
+        raise InvalidTypeError(f"complex value {value!r}: only real weights are supported")
     if isinstance(value, (bool, np.bool_, Integral, np.integer, float, np.floating, Rational)):
         return exact_rational(value)
     if isinstance(value, sympy.Float):
         if not value.is_finite:
-            raise ValueError(f"cannot use the non-finite number {value}")
+            raise InvalidInputError(f"cannot use the non-finite number {value}")
         return SymRational(value)  # a binary float: its exact value
     if isinstance(value, sympy.Basic):
         if value.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
-            raise ValueError(f"cannot use the non-finite value {value}")
+            raise InvalidInputError(f"cannot use the non-finite value {value}")
         if value.is_number and value.is_real is False:
-            raise TypeError(f"complex value {value}: only real weights are supported")
+            raise InvalidTypeError(f"complex value {value}: only real weights are supported")
         floats = value.atoms(sympy.Float)
         return value.xreplace({f: SymRational(f) for f in floats}) if floats else value
-    raise TypeError(f"cannot use {type(value).__name__} {value!r} as an exact number")
+    raise InvalidTypeError(f"cannot use {type(value).__name__} {value!r} as an exact number")
 
 
 def to_domain(value: Any, domain: Domain) -> Any:
@@ -83,14 +85,14 @@ def to_domain(value: Any, domain: Domain) -> Any:
         return value
     if getattr(domain, "is_RR", False) or getattr(domain, "is_CC", False):
         if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
-            raise ValueError(f"cannot use the non-finite number {value!r}")
+            raise InvalidInputError(f"cannot use the non-finite number {value!r}")
         return domain.convert(value)
     exact = exact_sympy(value)
     try:
         return domain.from_sympy(exact)
     except (CoercionFailed, GeneratorsError, PolynomialError) as exc:
-        raise ValueError(f"cannot represent {exact} in the domain {domain}"
-                         + (" (its symbols are not weight symbols of this ring)"
+        raise InvalidInputError(f"cannot represent {exact} in the domain {domain}"
+                                + (" (its symbols are not weight symbols of this ring)"
                             if getattr(exact, "free_symbols", None) else "")) from exc
 
 
@@ -117,7 +119,7 @@ def round_rational(value: Fraction | SymRational, dtype: Any) -> Any:
         value = Fraction(int(value.p), int(value.q))
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
-        raise ValueError(f"cannot round {value} into the non-float dtype {dtype}")
+        raise InvalidInputError(f"cannot round {value} into the non-float dtype {dtype}")
     if dtype.itemsize >= 8:
         result = dtype.type(value)
     else:
@@ -129,7 +131,7 @@ def round_rational(value: Fraction | SymRational, dtype: Any) -> Any:
         with np.errstate(over="ignore"):
             result = dtype.type(nearest)
     if not np.isfinite(result):
-        raise ValueError(f"{float(value):.6g} overflows {dtype}")
+        raise InvalidInputError(f"{float(value):.6g} overflows {dtype}")
     return result
 
 
@@ -148,4 +150,4 @@ def check_finite(array: np.ndarray, what: str) -> None:
     """Refuse NaN/Inf entries of a float or complex array, naming ``what`` and the index."""
     if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
         bad = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(f"{what} has a non-finite value {array[tuple(bad)]} at index {tuple(bad)}")
+        raise InvalidInputError(f"{what} has a non-finite value {array[tuple(bad)]} at index {tuple(bad)}")

@@ -12,6 +12,9 @@ Every entry builds both sides from independent descriptions — where possible t
 ``bias_propagation``       ``K ∘ (x + b) = K x + K(1) b`` (valid padding)
 ``circular_mod``           two circular convs = one with kernel ``K2 K1 mod (z^n - 1)``
 ``strided_pooling``        ``avgpool_2 ∘ avgpool_2 = avgpool_4`` (strides 2, 2, 4)
+``basis_convolution``      ``conv(W = C·B) = conv1x1(C) ∘ conv(B)`` (:mod:`algebra.basis`)
+``block_circulant_*``, ``circulant_dft_diagonal``, ``structured_adjoints``: closure of the
+structured couplings (:mod:`algebra.structured_identities`)
 =========================  ==================================================================
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ from .network import Network
 from .operator import ConvOperator
 from .prove import Certificate, Counterexample, prove
 from .symbolic_weights import weight_symbols
+from .basis import prove_basis_identity
+from .structured_identities import STRUCTURED_IDENTITIES
 
 __all__ = ["Identity", "LIBRARY", "prove_library"]
 
@@ -153,7 +158,11 @@ LIBRARY: list[Identity] = [
     Identity("circular_mod", r"K_2 \circledast K_1 = (K_2K_1 \bmod z^n - 1)\circledast",
              circular_mod),
     Identity("strided_pooling", r"\mathrm{avg}_2\circ\mathrm{avg}_2 = \mathrm{avg}_4", strided_pooling),
+    Identity("basis_convolution", r"W(z) = C\cdot B(z):\ \mathrm{conv}_W = \mathrm{conv}_{1\times1}(C)"
+             r"\circ\mathrm{conv}_B", prove_basis_identity),
 ]
+# the closure facts of the structured couplings (seed 002), see algebra.structured_identities
+LIBRARY += [Identity(name, statement, check) for name, statement, check in STRUCTURED_IDENTITIES]
 
 
 def prove_library() -> dict[str, Certificate | Counterexample]:

@@ -25,6 +25,7 @@ from sympy.polys.domains.domain import Domain
 from sympy.polys.orderings import lex
 from sympy.polys.rings import PolyElement, PolyRing
 
+from .errors import InvalidInputError, InvalidTypeError
 from .exact import to_domain
 
 __all__ = ["LaurentRing", "LaurentPoly", "laurent_ring", "per_axis"]
@@ -36,14 +37,14 @@ def _axis_int(value: Any, name: str) -> int:
     """One integer: an int, or a float that is exactly an integer (``2.0``); anything else
     (``1.7``, a bool, a string) is refused, as PyTorch refuses it."""
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be integers, got the bool {value!r}")
+        raise InvalidTypeError(f"{name} must be integers, got the bool {value!r}")
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
     if isinstance(value, (float, np.floating)):
-        raise ValueError(f"{name} must be integers, got {value!r} (it would be truncated)")
-    raise TypeError(f"{name} must be integers, got {value!r}")
+        raise InvalidInputError(f"{name} must be integers, got {value!r} (it would be truncated)")
+    raise InvalidTypeError(f"{name} must be integers, got {value!r}")
 
 
 def per_axis(value: int | Sequence[int], ngens: int, name: str) -> tuple[int, ...]:
@@ -53,7 +54,7 @@ def per_axis(value: int | Sequence[int], ngens: int, name: str) -> tuple[int, ..
         return (_axis_int(value, name),) * ngens
     values = tuple(_axis_int(v, name) for v in value)
     if len(values) != ngens:
-        raise ValueError(f"{name} needs {ngens} values (one per axis), got {len(values)}")
+        raise InvalidInputError(f"{name} needs {ngens} values (one per axis), got {len(values)}")
     return values
 
 
@@ -69,17 +70,25 @@ class LaurentRing:
     def __init__(self, symbols: str | Sequence[str | sympy.Symbol], domain: Domain = QQ):
         if isinstance(symbols, str):
             symbols = symbols.replace(",", " ").split()
+        elif isinstance(symbols, sympy.Symbol):
+            symbols = (symbols,)
+        elif isinstance(symbols, (bytes, dict)) or not hasattr(symbols, "__iter__"):
+            raise InvalidTypeError(f"symbols must be a string of names like 'z1 z2' or a "
+                                   f"sequence of names or sympy Symbols, got {symbols!r:.60}")
         symbols = tuple(sympy.Symbol(s) if isinstance(s, str) else s for s in symbols)
-        if not symbols:
-            raise ValueError("a Laurent ring needs at least one shift variable")
-        if len(set(symbols)) != len(symbols):
-            raise ValueError(f"shift variables must be distinct, got {symbols}")
         if not all(isinstance(s, sympy.Symbol) for s in symbols):
-            raise TypeError(f"shift variables must be names or sympy Symbols, got {symbols}")
+            raise InvalidTypeError(f"shift variables must be names or sympy Symbols, got "
+                                   f"{symbols!r:.80}")
+        if not symbols:
+            raise InvalidInputError("a Laurent ring needs at least one shift variable")
+        if len(set(symbols)) != len(symbols):
+            raise InvalidInputError(f"shift variables must be distinct, got {symbols}")
+        if not all(isinstance(s, sympy.Symbol) for s in symbols):
+            raise InvalidTypeError(f"shift variables must be names or sympy Symbols, got {symbols}")
         if not isinstance(domain, Domain):
-            raise TypeError(f"domain must be a sympy Domain such as QQ, got {domain!r}")
+            raise InvalidTypeError(f"domain must be a sympy Domain such as QQ, got {domain!r}")
         if set(symbols) & set(getattr(domain, "symbols", ()) or ()):
-            raise ValueError(f"the coefficient domain {domain} uses a shift variable of {symbols}")
+            raise InvalidInputError(f"the coefficient domain {domain} uses a shift variable of {symbols}")
         self.poly_ring = PolyRing(symbols, domain, lex)
         self.symbols: tuple[sympy.Symbol, ...] = symbols
         self.domain: Domain = domain
@@ -133,11 +142,11 @@ class LaurentRing:
             e = (e,) if isinstance(e, (int, np.integer)) else tuple(e)
             if not all(isinstance(x, (int, np.integer)) or (hasattr(x, "is_Integer") and x.is_Integer)
                        for x in e):
-                raise ValueError(f"exponents must be integers, got {e}")
+                raise InvalidInputError(f"exponents must be integers, got {e}")
             exps.append(tuple(int(x) for x in e))
         for e in exps:
             if len(e) != self.ngens:
-                raise ValueError(f"exponent {e} has {len(e)} entries, the ring has {self.ngens} variables")
+                raise InvalidInputError(f"exponent {e} has {len(e)} entries, the ring has {self.ngens} variables")
         offset = tuple(min(col) for col in zip(*exps))
         shifted: dict[Monomial, Any] = {}
         for e, c in zip(exps, terms.values()):
@@ -150,7 +159,7 @@ class LaurentRing:
         ``f(z) = sum_idx a[idx] z^(idx - origin)``.  Floats convert exactly in exact domains."""
         array = np.asarray(coefficients)
         if array.ndim != self.ngens:
-            raise ValueError(f"array has {array.ndim} axes, the ring has {self.ngens} variables")
+            raise InvalidInputError(f"array has {array.ndim} axes, the ring has {self.ngens} variables")
         origin = per_axis(origin, self.ngens, "origin")
         terms = {}
         for index in np.ndindex(array.shape):
@@ -166,7 +175,7 @@ class LaurentRing:
         terms: dict[Monomial, Any] = {}
         den = sympy.Poly(denominator, *self.symbols)
         if not den.is_monomial:
-            raise ValueError(f"{expr} is not a Laurent polynomial in {self.symbols}")
+            raise InvalidInputError(f"{expr} is not a Laurent polynomial in {self.symbols}")
         (den_exp, den_coeff), = den.terms()
         for exp, coeff in sympy.Poly(numerator, *self.symbols).terms():
             key = tuple(a - b for a, b in zip(exp, den_exp))
@@ -186,7 +195,7 @@ class LaurentRing:
         if self == other:
             return self
         if self.symbols != other.symbols:
-            raise ValueError(f"cannot combine Laurent rings in {self.symbols} and {other.symbols}")
+            raise InvalidInputError(f"cannot combine Laurent rings in {self.symbols} and {other.symbols}")
         return LaurentRing(self.symbols, self.domain.unify(other.domain))
 
     def with_domain(self, domain: Domain) -> "LaurentRing":
@@ -291,7 +300,7 @@ class LaurentPoly:
         if ring == self.ring:
             return self
         if ring.symbols != self.ring.symbols:
-            raise ValueError(f"cannot move a polynomial in {self.ring.symbols} to {ring.symbols}")
+            raise InvalidInputError(f"cannot move a polynomial in {self.ring.symbols} to {ring.symbols}")
         src, dst = self.ring.domain, ring.domain
         poly = ring.poly_ring.from_dict({m: dst.convert_from(c, src) for m, c in self.poly.items()})
         return LaurentPoly._normalised(ring, poly, self.offset)
@@ -351,11 +360,11 @@ class LaurentPoly:
             return LaurentPoly._normalised(self.ring, self.poly ** n,
                                            tuple(o * n for o in self.offset))
         if not self.is_monomial:
-            raise ValueError(f"only monomials have inverses among Laurent polynomials, not {self}")
+            raise InvalidInputError(f"only monomials have inverses among Laurent polynomials, not {self}")
         (m, c), = self.poly.items()
         inverse_coeff = self.ring.domain.quo(self.ring.domain.one, c)
         if not self.ring.domain.is_Field and inverse_coeff * c != self.ring.domain.one:
-            raise ValueError(f"coefficient {c} is not invertible in {self.ring.domain}")
+            raise InvalidInputError(f"coefficient {c} is not invertible in {self.ring.domain}")
         exps = tuple(-(a + o) for a, o in zip(m, self.offset))
         return self.ring.from_dict({exps: inverse_coeff}) ** (-n)
 
@@ -366,7 +375,7 @@ class LaurentPoly:
             return NotImplemented
         a, b = pair
         if not b.is_monomial:
-            raise ValueError(f"can only divide by a monomial or a scalar, not by {b}")
+            raise InvalidInputError(f"can only divide by a monomial or a scalar, not by {b}")
         return a * b ** -1
 
     def __rtruediv__(self, other: Any) -> "LaurentPoly":
@@ -409,7 +418,7 @@ class LaurentPoly:
         if all(p == 1 for p in powers):
             return self
         if any(p == 0 for p in powers):
-            raise ValueError("z -> z^0 is not a substitution of shift variables (use evaluate)")
+            raise InvalidInputError("z -> z^0 is not a substitution of shift variables (use evaluate)")
         return self.ring.from_dict({tuple(a * p for a, p in zip(e, powers)): c
                                     for e, c in self.iterterms()})
 
@@ -431,7 +440,7 @@ class LaurentPoly:
         s = per_axis(factors, self.ring.ngens, "factors")
         r = per_axis(phase, self.ring.ngens, "phase")
         if any(x <= 0 for x in s):
-            raise ValueError(f"down-sampling factors must be positive, got {s}")
+            raise InvalidInputError(f"down-sampling factors must be positive, got {s}")
         return self.ring.from_dict({tuple((a - b) // f for a, b, f in zip(e, r, s)): c
                                     for e, c in self.iterterms()
                                     if all((a - b) % f == 0 for a, b, f in zip(e, r, s))})
@@ -446,7 +455,7 @@ class LaurentPoly:
         ``[0, n_i)``.  This is circular (periodic) convolution on an ``n``-periodic grid."""
         n = per_axis(periods, self.ring.ngens, "periods")
         if any(x <= 0 for x in n):
-            raise ValueError(f"periods must be positive, got {n}")
+            raise InvalidInputError(f"periods must be positive, got {n}")
         terms: dict[Monomial, Any] = {}
         zero = self.ring.domain.zero
         for e, c in self.iterterms():
@@ -460,11 +469,11 @@ class LaurentPoly:
         a Python ``complex`` when every coordinate is a Python/numpy float or complex
         (e.g. ``e^{i theta}`` on the unit torus) and the coefficients are numbers."""
         if len(point) != self.ring.ngens:
-            raise ValueError(f"point has {len(point)} coordinates, the ring has {self.ring.ngens}")
+            raise InvalidInputError(f"point has {len(point)} coordinates, the ring has {self.ring.ngens}")
         low = self.support()[0] if self.poly else (0,) * self.ring.ngens
         for axis, (v, l) in enumerate(zip(point, low)):
             if l < 0 and v == 0:
-                raise ValueError(f"{self} has a pole at {self.ring.symbols[axis]} = 0")
+                raise InvalidInputError(f"{self} has a pole at {self.ring.symbols[axis]} = 0")
         numeric = all(isinstance(v, (float, complex, np.floating, np.complexfloating))
                       for v in point)
         to_sympy = self.ring.domain.to_sympy
@@ -528,14 +537,14 @@ class LaurentPoly:
         low, high = (tuple(int(v) for v in b) for b in box)
         shape = tuple(h - l + 1 for l, h in zip(low, high))
         if any(s <= 0 for s in shape):
-            raise ValueError(f"empty box {box}")
+            raise InvalidInputError(f"empty box {box}")
         to_sympy = self.ring.domain.to_sympy
         array = np.zeros(shape, dtype=object)
         array[...] = sympy.Integer(0)
         for e, c in self.iterterms():
             index = tuple(a - l for a, l in zip(e, low))
             if any(i < 0 or i >= s for i, s in zip(index, shape)):
-                raise ValueError(f"term z^{e} lies outside the box {box}")
+                raise InvalidInputError(f"term z^{e} lies outside the box {box}")
             array[index] = to_sympy(c)
         if dtype is not object:
             array = array.astype(dtype)

@@ -24,9 +24,11 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
+from .errors import InvalidInputError, InvalidTypeError
 from .exact import as_array, check_finite, round_rational, to_domain
 from .laurent import LaurentRing, per_axis
 from .operator import ConvOperator
+from .validate import bool_arg, describe, int_arg, optional_bool_arg
 
 __all__ = ["TorchLayout", "operator_from_weight", "operator_to_weight", "default_ring",
            "same_padding"]
@@ -37,7 +39,7 @@ _DEFAULT_SYMBOLS = {1: "z", 2: "z1 z2", 3: "z1 z2 z3"}
 def default_ring(ndim: int, domain: Domain = QQ) -> LaurentRing:
     """``QQ[z, 1/z]`` in 1-D, ``QQ[z1, z2, ...]`` in 2-D and 3-D."""
     if ndim not in _DEFAULT_SYMBOLS:
-        raise ValueError(f"only 1-D, 2-D and 3-D convolutions are supported, got {ndim}-D")
+        raise InvalidInputError(f"only 1-D, 2-D and 3-D convolutions are supported, got {ndim}-D")
     return LaurentRing(_DEFAULT_SYMBOLS[ndim], domain)
 
 
@@ -55,17 +57,28 @@ def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequenc
     ``(C_out, C_in/g, *k)``) or transposed convolution (``transposed=True``: weight
     ``(C_in, C_out/g, *k)``).  Floats become exact rationals over ``QQ``; ``padding`` may be
     an int, a tuple, ``'valid'`` or (stride 1) ``'same'``."""
-    w = as_array(weight)
+    try:
+        w = as_array(weight)
+    except ValueError as exc:  # a ragged nested list
+        raise InvalidInputError(f"weight must be a rectangular array: {exc}") from None
+    groups = int_arg(groups, "groups", minimum=1)
+    transposed = bool_arg(transposed, "transposed")
+    if ring is not None and not isinstance(ring, LaurentRing):
+        raise InvalidTypeError(f"ring must be a LaurentRing or None, got {describe(ring)}")
+    if not isinstance(domain, Domain):
+        raise InvalidTypeError(f"domain must be a sympy Domain such as QQ, got {describe(domain)}")
+    if w.dtype.kind in "USV":
+        raise InvalidTypeError(f"weight must hold numbers, got dtype {w.dtype}")
     if w.ndim < 3 or w.ndim > 5:
-        raise ValueError(f"weight must have 3, 4 or 5 axes (out, in/groups, *kernel), got shape {w.shape}")
+        raise InvalidInputError(f"weight must have 3, 4 or 5 axes (out, in/groups, *kernel), got shape {w.shape}")
     check_finite(w, "weight")
     if w.size == 0:
-        raise ValueError(f"weight is empty (shape {w.shape})")
+        raise InvalidInputError(f"weight is empty (shape {w.shape})")
     ndim = w.ndim - 2
     if ring is None:
         ring = default_ring(ndim, domain)
     elif ring.ngens != ndim:
-        raise ValueError(f"a {ndim}-D weight needs a ring with {ndim} variables, got {ring}")
+        raise InvalidInputError(f"a {ndim}-D weight needs a ring with {ndim} variables, got {ring}")
     stride = per_axis(stride, ndim, "stride")
     dilation = per_axis(dilation, ndim, "dilation")
     kernel = w.shape[2:]
@@ -74,15 +87,15 @@ def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequenc
             padding = (0,) * ndim
         elif padding == "same":
             if any(s != 1 for s in stride):
-                raise ValueError("padding='same' is only defined for stride 1 (as in PyTorch)")
+                raise InvalidInputError("padding='same' is only defined for stride 1 (as in PyTorch)")
             padding = same_padding(kernel, dilation)
         else:
-            raise ValueError(f"padding must be an int, a tuple, 'valid' or 'same', got {padding!r}")
+            raise InvalidInputError(f"padding must be an int, a tuple, 'valid' or 'same', got {padding!r}")
     padding = per_axis(padding, ndim, "padding")
     if any(p < 0 for p in padding) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
-        raise ValueError(f"need padding >= 0, stride >= 1, dilation >= 1; got {padding}, {stride}, {dilation}")
+        raise InvalidInputError(f"need padding >= 0, stride >= 1, dilation >= 1; got {padding}, {stride}, {dilation}")
     if groups < 1 or w.shape[0] % groups:
-        raise ValueError(f"groups={groups} must divide the weight's first axis ({w.shape[0]})")
+        raise InvalidInputError(f"groups={groups} must divide the weight's first axis ({w.shape[0]})")
     if transposed:
         c_in, c_out = w.shape[0], w.shape[1] * groups
     else:
@@ -109,12 +122,18 @@ def operator_from_weight(weight: Any, bias: Any = None, *, stride: int | Sequenc
                for c in range(c_in)] for o in range(c_out)]
     bias_values = None
     if bias is not None:
-        b = as_array(bias)
+        try:
+            b = as_array(bias)
+        except ValueError as exc:
+            raise InvalidInputError(f"bias must be a rectangular array: {exc}") from None
         if b.shape != (c_out,):
-            raise ValueError(f"bias must have shape ({c_out},), got {b.shape}")
+            raise InvalidInputError(f"bias must have shape ({c_out},), got {b.shape}")
         check_finite(b, "bias")
-        bias_values = [to_domain(v, dom) for v in b.tolist()] if b.dtype != object else \
-            [to_domain(v, dom) for v in b]
+        try:
+            bias_values = [to_domain(v, dom) for v in b.tolist()] if b.dtype != object else \
+                [to_domain(v, dom) for v in b]
+        except (InvalidInputError, InvalidTypeError) as exc:
+            raise type(exc)(f"bias: {exc}") from None
     if transposed:
         return ConvOperator(ring, matrix, stride=1, upsample=stride, bias=bias_values)
     return ConvOperator(ring, matrix, stride=stride, bias=bias_values)
@@ -143,7 +162,7 @@ def _domain_to_number(value: Any, domain: Domain, dtype: Any) -> Any:
     if exact.is_Rational:
         return round_rational(exact, dtype)
     if exact.free_symbols:
-        raise ValueError(f"coefficient {exact} is symbolic; use dtype=object or subs() first")
+        raise InvalidInputError(f"coefficient {exact} is symbolic; use dtype=object or subs() first")
     return np.dtype(dtype).type(complex(exact) if np.dtype(dtype).kind == "c" else float(exact))
 
 
@@ -156,33 +175,48 @@ def operator_to_weight(op: ConvOperator, *, groups: int = 1, dilation: int | Seq
     ``groups``/``dilation`` ask for that structure and raise if the kernel lacks it.
     ``dtype=object`` returns exact sympy numbers."""
     ndim = op.ndim
+    groups = int_arg(groups, "groups", minimum=1)
+    transposed = optional_bool_arg(transposed, "transposed")
+    if dtype is not object:
+        try:
+            if isinstance(dtype, (bool, int, float, str, bytes)) and not isinstance(dtype, str):
+                raise TypeError
+            dtype = np.dtype(dtype)
+        except (TypeError, ValueError):
+            raise InvalidTypeError(f"dtype must be object or a numpy float dtype such as "
+                                   f"np.float64, got {describe(dtype)}") from None
+        if dtype.kind not in "fc" and dtype != np.dtype(object):
+            raise InvalidInputError(f"dtype must be object or a numpy float dtype such as "
+                                    f"np.float64, got {dtype}")
+        if dtype == np.dtype(object):
+            dtype = object
     dilation = per_axis(dilation, ndim, "dilation")
     if any(d < 1 for d in dilation):
-        raise ValueError(f"dilation must be >= 1, got {dilation}")
+        raise InvalidInputError(f"dilation must be >= 1, got {dilation}")
     strided = any(s != 1 for s in op.stride)
     upsampled = any(u != 1 for u in op.upsample)
     if strided and upsampled:
-        raise ValueError(f"stride {op.stride} with up-sampling {op.upsample} is not one PyTorch layer")
+        raise InvalidInputError(f"stride {op.stride} with up-sampling {op.upsample} is not one PyTorch layer")
     if transposed is None:
         transposed = upsampled
     if transposed and strided or (not transposed and upsampled):
-        raise ValueError("this operator's rates do not fit the requested layout")
+        raise InvalidInputError("this operator's rates do not fit the requested layout")
     c_out, c_in = op.shape
     if groups < 1 or c_out % groups or c_in % groups:
-        raise ValueError(f"groups={groups} must divide C_out={c_out} and C_in={c_in}")
+        raise InvalidInputError(f"groups={groups} must divide C_out={c_out} and C_in={c_in}")
     opg, ipg = c_out // groups, c_in // groups
     for o in range(c_out):
         for c in range(c_in):
             if o // opg != c // ipg and op.matrix[o][c]:
-                raise ValueError(f"entry ({o}, {c}) is nonzero outside the {groups} diagonal "
-                                 "blocks: the operator is not a grouped convolution")
+                raise InvalidInputError(f"entry ({o}, {c}) is nonzero outside the {groups} diagonal "
+                                        "blocks: the operator is not a grouped convolution")
     box = op.support() or ((0,) * ndim, (0,) * ndim)
     low, high = box
     for row in op.matrix:
         for e in row:
             for exps, _ in e.iterterms():
                 if any((x - h) % d for x, h, d in zip(exps, high, dilation)):
-                    raise ValueError(f"exponent {exps} is off the dilation-{dilation} lattice")
+                    raise InvalidInputError(f"exponent {exps} is off the dilation-{dilation} lattice")
     if transposed:
         # e = d*a - p, p >= 0, a >= 0  ->  p = smallest value >= -low on the lattice
         padding = tuple(-l if l <= 0 else (-l) % d for l, d in zip(low, dilation))

@@ -25,10 +25,13 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
+from .errors import InvalidInputError, InvalidTypeError, UnknownNameError
 from .exact import as_array, check_finite, exact_rational, exact_sympy, to_domain
 from .laurent import LaurentRing, per_axis
 from .layout import default_ring, operator_from_weight
 from .operator import ConvOperator
+from .validate import (bool_arg, describe, int_arg, is_int, optional_int_arg, real_arg,
+                       sequence_arg, shape_arg, str_arg)
 
 __all__ = ["Network", "Value", "Node", "Input", "Conv", "ConvTranspose", "ChannelAffine",
            "Add", "Concat", "Split", "AvgPool", "GlobalAvgPool", "Flatten", "Linear",
@@ -39,34 +42,39 @@ PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 Shape = tuple[int, ...]  # (C, *spatial) for images, (N,) after Flatten
 
 
+def _scalar_like(value: Any) -> bool:
+    """Not a sequence: a number, a 0-d array or tensor, a string, None, ..."""
+    return isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or \
+        getattr(value, "ndim", None) == 0
+
+
 def _pairs(padding: Any, ndim: int) -> tuple[tuple[int, int], ...]:
     """Padding per axis as ``(left, right)``: an int, a per-axis tuple, or per-axis pairs."""
-    if isinstance(padding, (int, np.integer)):
-        if padding < 0:
-            raise ValueError(f"padding must be non-negative, got {padding}")
-        return ((int(padding), int(padding)),) * ndim
-    try:
-        padding = tuple(padding)
-    except TypeError:
-        raise TypeError(f"padding must be an int, per-axis ints or (left, right) pairs, "
-                        f"got {padding!r}") from None
+    expected = "an int, per-axis ints or per-axis (left, right) pairs of ints"
+    if _scalar_like(padding) and not isinstance(padding, (str, bytes)):
+        p = int_arg(padding, "padding", minimum=0)
+        return ((p, p),) * ndim
+    padding = sequence_arg(padding, "padding", expected=expected)
     if len(padding) != ndim:
-        raise ValueError(f"padding needs {ndim} entries (one per axis), got {padding}")
+        raise InvalidInputError(f"padding needs {ndim} entries (one per axis), got {padding}")
     out = []
     for p in padding:
-        if isinstance(p, (int, np.integer)):
-            out.append((int(p), int(p)))
+        if _scalar_like(p):
+            v = int_arg(p, "padding")
+            out.append((v, v))
         else:
-            left, right = p
-            out.append((int(left), int(right)))
+            pair = tuple(p)
+            if len(pair) != 2:
+                raise InvalidInputError(f"padding must be {expected}, got {padding}")
+            out.append((int_arg(pair[0], "padding"), int_arg(pair[1], "padding")))
     if any(v < 0 for pair in out for v in pair):
-        raise ValueError(f"padding must be non-negative, got {padding}")
+        raise InvalidInputError(f"padding must be non-negative, got {padding}")
     return tuple(out)
 
 
 def _positive(values: tuple[int, ...], what: str, minimum: int = 1) -> tuple[int, ...]:
     if any(v < minimum for v in values):
-        raise ValueError(f"{what} must be >= {minimum} on every axis, got {values}")
+        raise InvalidInputError(f"{what} must be >= {minimum} on every axis, got {values}")
     return values
 
 
@@ -76,9 +84,9 @@ def _axis_ints(value: Any, ndim: int, what: str, minimum: int) -> tuple[int, ...
     try:
         items = tuple(items)
     except TypeError:
-        raise TypeError(f"{what} must be an int or one int per axis, got {value!r}") from None
+        raise InvalidTypeError(f"{what} must be an int or one int per axis, got {value!r}") from None
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
-        raise TypeError(f"{what} must be an int or one int per axis, got {value!r}")
+        raise InvalidTypeError(f"{what} must be an int or one int per axis, got {value!r}")
     return _positive(per_axis(value, ndim, what), what, minimum)
 
 
@@ -93,24 +101,34 @@ def _check_values(values: Sequence[Any], what: str) -> None:
 
 def _exact_array(values: Any, what: str) -> np.ndarray:
     """A numpy array of exact entries (floats kept as floats, converted later exactly)."""
-    array = as_array(values)
+    try:
+        array = as_array(values)
+    except ValueError as exc:  # a ragged nested list
+        raise InvalidInputError(f"{what} must be a rectangular array (numpy array, tensor or "
+                                f"nested lists of equal lengths): {exc}") from None
     if array.dtype.kind == "c":
-        raise TypeError(f"{what} is complex: only real weights are supported")
+        raise InvalidTypeError(f"{what} is complex: only real weights are supported")
     if array.dtype.kind in "USV":
-        raise TypeError(f"{what} must hold numbers, got dtype {array.dtype}")
+        raise InvalidTypeError(f"{what} must hold numbers, got dtype {array.dtype}")
     check_finite(array, what)
     if array.dtype == object:
         _check_values(array.flat, what)
     if array.size == 0:
-        raise ValueError(f"{what} is empty (shape {array.shape})")
+        raise InvalidInputError(f"{what} is empty (shape {array.shape})")
     array = np.array(array, copy=True)  # a network is a value: later edits of the
     array.setflags(write=False)         # caller's array must not change it
     return array
 
 
+def _short_repr(value: Any, limit: int = 60) -> str:
+    """``value`` for an error message: its type, and its repr when that is short."""
+    text, kind = repr(value), type(value).__name__
+    return f"{text} ({kind})" if len(text) <= limit else f"a {kind}"
+
+
 def _image(shape: Shape, what: str) -> Shape:
     if len(shape) < 2:
-        raise ValueError(f"{what} needs an image (C, *spatial), got the flat shape {shape}")
+        raise InvalidInputError(f"{what} needs an image (C, *spatial), got the flat shape {shape}")
     return shape
 
 
@@ -171,19 +189,19 @@ class Conv(UnaryNode):
         (c, *n), = [_image(in_shapes[0], "conv")]
         groups = self.groups
         if c != self.weight.shape[1] * groups:
-            raise ValueError(f"conv expects {self.weight.shape[1] * groups} input channels, got {c}")
+            raise InvalidInputError(f"conv expects {self.weight.shape[1] * groups} input channels, got {c}")
         out = []
         for size, (left, right), k, s, d in zip(n, self.padding, self.kernel_size, self.stride,
                                                 self.dilation):
             if self.mode == "reflect" and (left >= size or right >= size):
-                raise ValueError(f"reflect padding {left, right} needs an input larger than {size}")
+                raise InvalidInputError(f"reflect padding {left, right} needs an input larger than {size}")
             if self.mode == "circular" and (left > size or right > size):
-                raise ValueError(f"circular padding {left, right} wraps more than once around "
-                                 f"an input of size {size}")
+                raise InvalidInputError(f"circular padding {left, right} wraps more than once around "
+                                        f"an input of size {size}")
             span = size + left + right - d * (k - 1)
             if span <= 0:
-                raise ValueError(f"input size {size} is too small for kernel {k} (dilation {d}) "
-                                 f"with padding {(left, right)}")
+                raise InvalidInputError(f"input size {size} is too small for kernel {k} (dilation {d}) "
+                                        f"with padding {(left, right)}")
             out.append((span - 1) // s + 1)
         return (self.weight.shape[0], *out)
 
@@ -221,12 +239,12 @@ class ConvTranspose(UnaryNode):
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (c, *n), = [_image(in_shapes[0], "conv_transpose")]
         if c != self.weight.shape[0]:
-            raise ValueError(f"transposed conv expects {self.weight.shape[0]} input channels, got {c}")
+            raise InvalidInputError(f"transposed conv expects {self.weight.shape[0]} input channels, got {c}")
         out = [(size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
                zip(n, self.stride, self.padding, self.dilation, self.weight.shape[2:],
                    self.output_padding)]
         if any(o <= 0 for o in out):
-            raise ValueError(f"transposed conv output size {out} is empty")
+            raise InvalidInputError(f"transposed conv output size {out} is empty")
         return (self.weight.shape[1] * self.groups, *out)
 
     def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
@@ -250,7 +268,7 @@ class ChannelAffine(UnaryNode):
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (shape,) = in_shapes
         if len(self.scale) != shape[0]:
-            raise ValueError(f"{self.label} has {len(self.scale)} channels, its input {shape[0]}")
+            raise InvalidInputError(f"{self.label} has {len(self.scale)} channels, its input {shape[0]}")
         return shape
 
     def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
@@ -274,7 +292,7 @@ class Add(Node):
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         if len(set(in_shapes)) != 1:
-            raise ValueError(f"add needs inputs of one shape, got {list(in_shapes)}")
+            raise InvalidInputError(f"add needs inputs of one shape, got {list(in_shapes)}")
         return in_shapes[0]
 
     def describe(self) -> str:
@@ -295,7 +313,7 @@ class Concat(Node):
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         spatial = {s[1:] for s in in_shapes}
         if len(spatial) != 1:
-            raise ValueError(f"concat needs equal spatial sizes, got {list(in_shapes)}")
+            raise InvalidInputError(f"concat needs equal spatial sizes, got {list(in_shapes)}")
         return (sum(s[0] for s in in_shapes), *in_shapes[0][1:])
 
     def describe(self) -> str:
@@ -312,7 +330,7 @@ class Split(UnaryNode):
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (shape,) = in_shapes
         if not 0 <= self.start < self.stop <= shape[0]:
-            raise ValueError(f"split {self.start}:{self.stop} is outside the {shape[0]} channels")
+            raise InvalidInputError(f"split {self.start}:{self.stop} is outside the {shape[0]} channels")
         return (self.stop - self.start, *shape[1:])
 
     def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
@@ -336,7 +354,7 @@ class AvgPool(UnaryNode):
         out = [(size + 2 * p - k) // s + 1 for size, k, s, p in
                zip(n, self.kernel_size, self.stride, self.padding)]
         if any(o <= 0 for o in out):
-            raise ValueError(f"average pooling {self.kernel_size} does not fit the input {tuple(n)}")
+            raise InvalidInputError(f"average pooling {self.kernel_size} does not fit the input {tuple(n)}")
         return (c, *out)
 
     def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
@@ -397,9 +415,9 @@ class Linear(UnaryNode):
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (shape,) = in_shapes
         if len(shape) != 1:
-            raise ValueError(f"linear needs a flat input (use flatten), got shape {shape}")
+            raise InvalidInputError(f"linear needs a flat input (use flatten), got shape {shape}")
         if shape[0] != self.weight.shape[1]:
-            raise ValueError(f"linear expects {self.weight.shape[1]} inputs, got {shape[0]}")
+            raise InvalidInputError(f"linear expects {self.weight.shape[1]} inputs, got {shape[0]}")
         return (self.weight.shape[0],)
 
     def describe(self) -> str:
@@ -417,8 +435,12 @@ class Value:
 
     def __add__(self, other: "Value") -> "Value":
         if not isinstance(other, Value):
-            return NotImplemented
+            raise InvalidTypeError(f"a Value can be added to another Value of its network, not "
+                                   f"to {describe(other)} (for a constant per channel use "
+                                   "net.channel_affine(x, scale, shift))")
         return self.network.add(self, other)
+
+    __radd__ = __add__
 
     def __mul__(self, scalar: Any) -> "Value":
         """``c * x``: a one-term weighted sum (any shape, symbolic ``c`` allowed)."""
@@ -436,13 +458,13 @@ class Network:
     """A DAG of linear layers with one input (``(C, *n)`` images in ``ndim`` dimensions)."""
 
     def __init__(self, ndim: int, in_channels: int, domain: Domain = QQ):
-        if ndim not in (1, 2, 3):
-            raise ValueError(f"ndim must be 1, 2 or 3, got {ndim}")
-        if not isinstance(in_channels, (int, np.integer)) or isinstance(in_channels, bool) \
-                or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        ndim = int_arg(ndim, "ndim", minimum=1, maximum=3)
+        if not is_int(in_channels) or in_channels < 1:
+            raise InvalidInputError(f"in_channels must be a positive int, got "
+                                    f"{describe(in_channels)}")
+        in_channels = int(in_channels)
         if not isinstance(domain, Domain):
-            raise TypeError(f"domain must be a sympy Domain such as QQ, got {domain!r}")
+            raise InvalidTypeError(f"domain must be a sympy Domain such as QQ, got {domain!r}")
         self.ndim = ndim
         self.in_channels = in_channels
         self.base_domain = domain
@@ -464,18 +486,27 @@ class Network:
             while name in self.nodes:
                 count += 1
                 name = f"{prefix}{count + 1}"
+        if not isinstance(name, str) or not name:
+            raise InvalidTypeError(f"name must be a non-empty string (or None), got "
+                                   f"{_short_repr(name)}")
         if name in self.nodes:
-            raise ValueError(f"a node named {name!r} already exists")
+            raise InvalidInputError(f"name: a node named {name!r} already exists")
         return name
 
-    def _ref(self, value: Value | str) -> str:
+    def _ref(self, value: Value | str, what: str = "x") -> str:
+        """The node name of ``value`` (an argument called ``what``), refused with a message
+        naming the argument when it is not a Value of this network or one of its nodes."""
         if not isinstance(value, (Value, str)):
-            raise TypeError(f"expected a Value of this network or a node name, got {value!r}")
+            raise InvalidTypeError(f"{what} must be a Value of this network (e.g. net.input) or "
+                                   f"a node name, got {_short_repr(value)}")
         name = value.name if isinstance(value, Value) else value
         if isinstance(value, Value) and value.network is not self:
-            raise ValueError("that value belongs to another network")
+            raise InvalidInputError(f"{what}: the value {name!r} belongs to another network")
         if name not in self.nodes:
-            raise KeyError(f"no node named {name!r}")
+            known = list(self.nodes)
+            listed = ", ".join(map(repr, known[:12])) + (", ..." if len(known) > 12 else "")
+            raise UnknownNameError(f"{what}: no node named {name!r} in this network "
+                                   f"(its nodes: {listed})")
         return name
 
     def _add_node(self, node: Node, name: str | None) -> Value:
@@ -487,7 +518,7 @@ class Network:
     def channels(self, value: Value | str) -> int:
         """Channels of a node's output, from the layers alone (no input size needed).
         Raises after ``flatten``, whose length depends on the input size."""
-        name = self._ref(value)
+        name = self._ref(value, "value")
         node = self.nodes[name]
         if isinstance(node, Input):
             return node.channels
@@ -502,7 +533,7 @@ class Network:
         if isinstance(node, Concat):
             return sum(self.channels(p) for p in node.parts)
         if isinstance(node, Flatten):
-            raise ValueError(f"the length of {name!r} (a flatten) depends on the input size")
+            raise InvalidInputError(f"the length of {name!r} (a flatten) depends on the input size")
         return self.channels(node.inputs[0])
 
     def conv(self, x: Value | str, weight: Any, bias: Any = None, *, stride: Any = 1,
@@ -512,28 +543,28 @@ class Network:
         ``(left, right)`` pairs, ``'valid'`` or ``'same'``."""
         w = _exact_array(weight, "weight")
         if w.ndim != self.ndim + 2:
-            raise ValueError(f"a {self.ndim}-D conv needs a weight with {self.ndim + 2} axes, got {w.shape}")
+            raise InvalidInputError(f"a {self.ndim}-D conv needs a weight with {self.ndim + 2} axes, got {w.shape}")
         b = None if bias is None else _exact_array(bias, "bias")
         if b is not None and b.shape != (w.shape[0],):
-            raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+            raise InvalidInputError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
+        if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+            raise InvalidInputError(f"padding_mode must be one of {PADDING_MODES}, got "
+                                    f"{describe(padding_mode)}")
         stride = _axis_ints(stride, self.ndim, "stride", 1)
         dilation = _axis_ints(dilation, self.ndim, "dilation", 1)
-        if not isinstance(groups, (int, np.integer)) or groups < 1:
-            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        groups = int_arg(groups, "groups", minimum=1)
         if isinstance(padding, str):
             if padding == "valid":
                 padding = 0
             elif padding == "same":
                 if any(s != 1 for s in stride):
-                    raise ValueError("padding='same' needs stride 1")
+                    raise InvalidInputError("padding='same' needs stride 1")
                 total = [d * (k - 1) for k, d in zip(w.shape[2:], dilation)]
                 padding = tuple((t // 2, t - t // 2) for t in total)
             else:
-                raise ValueError(f"padding must be an int, tuple, 'valid' or 'same', got {padding!r}")
+                raise InvalidInputError(f"padding must be an int, tuple, 'valid' or 'same', got {padding!r}")
         if groups < 1 or w.shape[0] % groups:
-            raise ValueError(f"groups={groups} must divide the {w.shape[0]} output channels")
+            raise InvalidInputError(f"groups={groups} must divide the {w.shape[0]} output channels")
         self._note_domain(w, b)
         node = Conv(self._ref(x), w, b, stride, _pairs(padding, self.ndim), dilation, groups,
                     padding_mode)
@@ -544,8 +575,11 @@ class Network:
         """A conv given by an exact (possibly symbolic) operator ``down_s K``: its PyTorch
         layout (left padding = the largest exponent) with ``padding`` on the right
         (default: the same as the left)."""
+        if not isinstance(op, ConvOperator):
+            raise InvalidTypeError(f"op must be a laurentnet.algebra.ConvOperator, got "
+                                   f"{describe(op)} (for weight arrays use net.conv)")
         if any(u != 1 for u in op.upsample):
-            raise ValueError("use conv_transpose for up-sampling operators")
+            raise InvalidInputError("use conv_transpose for up-sampling operators")
         layout = op.to_weight(dtype=object)
         left = layout.padding
         if padding is None:
@@ -562,22 +596,23 @@ class Network:
         """``nn.ConvTranspose{n}d`` semantics (weight ``(C_in, C_out/g, *k)``)."""
         w = _exact_array(weight, "weight")
         if w.ndim != self.ndim + 2:
-            raise ValueError(f"a {self.ndim}-D transposed conv needs a weight with "
-                             f"{self.ndim + 2} axes (C_in, C_out/groups, *k), got {w.shape}")
-        if not isinstance(groups, (int, np.integer)) or groups < 1 or w.shape[0] % groups:
-            raise ValueError(f"groups={groups!r} must be a positive int dividing the "
-                             f"{w.shape[0]} input channels")
+            raise InvalidInputError(f"a {self.ndim}-D transposed conv needs a weight with "
+                                    f"{self.ndim + 2} axes (C_in, C_out/groups, *k), got {w.shape}")
+        groups = int_arg(groups, "groups", minimum=1)
+        if w.shape[0] % groups:
+            raise InvalidInputError(f"groups={groups!r} must be a positive int dividing the "
+                                    f"{w.shape[0]} input channels")
         b = None if bias is None else _exact_array(bias, "bias")
         if b is not None and b.shape != (w.shape[1] * groups,):
-            raise ValueError(f"bias must have shape ({w.shape[1] * groups},), got {b.shape}")
+            raise InvalidInputError(f"bias must have shape ({w.shape[1] * groups},), got {b.shape}")
         stride = _axis_ints(stride, self.ndim, "stride", 1)
         dilation = _axis_ints(dilation, self.ndim, "dilation", 1)
         padding = _axis_ints(padding, self.ndim, "padding", 0)
         output_padding = _axis_ints(output_padding, self.ndim, "output_padding", 0)
         for op, s_, d in zip(output_padding, stride, dilation):
             if op >= max(s_, d):
-                raise ValueError(f"output_padding {output_padding} must be smaller than the "
-                                 f"stride {stride} or the dilation {dilation} (as in PyTorch)")
+                raise InvalidInputError(f"output_padding {output_padding} must be smaller than the "
+                                        f"stride {stride} or the dilation {dilation} (as in PyTorch)")
         self._note_domain(w, b)
         node = ConvTranspose(self._ref(x), w, b, stride, padding, output_padding, dilation,
                              int(groups))
@@ -585,6 +620,8 @@ class Network:
 
     def upsample(self, x: Value | str, factor: Any, name: str | None = None) -> Value:
         """Zero-insertion up-sampling ``X(z) -> X(z^u)`` (output size ``(n-1) u + 1``)."""
+        x = self._ref(x)
+        _axis_ints(factor, self.ndim, "factor", 1)
         channels = self.channels(x)
         weight = np.zeros((channels, 1, *([1] * self.ndim)), dtype=np.int64)
         weight[:, 0] = 1
@@ -593,11 +630,14 @@ class Network:
     def channel_affine(self, x: Value | str, scale: Sequence[Any], shift: Sequence[Any] | None = None,
                        *, label: str = "affine", name: str | None = None) -> Value:
         """``y_c = scale_c x_c + shift_c``."""
-        scale = tuple(scale)
-        shift = None if shift is None else tuple(shift)
+        label = str_arg(label, "label")
+        scale = sequence_arg(scale, "scale", expected="a sequence of numbers, one per channel")
+        shift = None if shift is None else \
+            sequence_arg(shift, "shift", expected="a sequence of numbers, one per channel")
         if shift is not None and len(shift) != len(scale):
-            raise ValueError(f"{label}: {len(shift)} shifts for {len(scale)} scales")
-        _check_values(scale + (shift or ()), label)
+            raise InvalidInputError(f"{label}: {len(shift)} shifts for {len(scale)} scales")
+        _check_values(scale, f"{label} scale")
+        _check_values(shift or (), f"{label} shift")
         self._note_domain(np.array(list(scale + (shift or ())), dtype=object))
         return self._add_node(ChannelAffine(self._ref(x), scale, shift, label), name)
 
@@ -618,11 +658,10 @@ class Network:
         shapes = {"running_mean": mean.shape, "running_var": var.shape, "weight": gamma.shape,
                   "bias": beta.shape}
         if mean.ndim != 1 or len(set(shapes.values())) != 1:
-            raise ValueError(f"batch norm parameters must be 1-D of one length, got {shapes}")
-        if not (np.isfinite(eps) and eps >= 0):
-            raise ValueError(f"batch norm eps must be finite and >= 0, got {eps}")
+            raise InvalidInputError(f"batch norm parameters must be 1-D of one length, got {shapes}")
+        eps = real_arg(eps, "eps (batch norm)", minimum=0)
         if np.any(var + eps <= 0):
-            raise ValueError("batch norm running_var + eps must be positive")
+            raise InvalidInputError("batch norm running_var + eps must be positive")
         scale = [exact_rational(a) for a in gamma / np.sqrt(var + eps)]
         shift = [exact_rational(b) - exact_rational(m) * a for b, m, a in zip(beta, mean, scale)]
         return self.channel_affine(x, scale, shift, label="batch_norm", name=name)
@@ -632,27 +671,32 @@ class Network:
         """``y = sum_k c_k x_k`` (``c_k = 1`` without ``coefficients``); one term with a
         coefficient is a scalar multiple."""
         if len(terms) < (1 if coefficients is not None else 2):
-            raise ValueError("add needs at least two terms (or one term with a coefficient)")
+            raise InvalidInputError("add needs at least two terms (or one term with a coefficient)")
+        if coefficients is not None:
+            coefficients = sequence_arg(coefficients, "coefficients",
+                                        expected="a sequence of numbers, one per term")
         if coefficients is not None and len(coefficients) != len(terms):
-            raise ValueError("add needs one coefficient per term")
+            raise InvalidInputError("add needs one coefficient per term")
         if coefficients is not None:
             _check_values(coefficients, "add coefficients")
             self._note_domain(np.array(list(coefficients), dtype=object))
-        return self._add_node(Add(tuple(self._ref(t) for t in terms),
+        return self._add_node(Add(tuple(self._ref(t, f"terms[{i}]") for i, t in enumerate(terms)),
                                   None if coefficients is None else tuple(coefficients)), name)
 
     def concat(self, *parts: Value | str, name: str | None = None) -> Value:
         if len(parts) < 2:
-            raise ValueError("concat needs at least two parts")
-        return self._add_node(Concat(tuple(self._ref(p) for p in parts)), name)
+            raise InvalidInputError("concat needs at least two parts")
+        refs = tuple(self._ref(p, f"parts[{i}]") for i, p in enumerate(parts))
+        return self._add_node(Concat(refs), name)
 
     def split(self, x: Value | str, sizes: Sequence[int]) -> list[Value]:
         """``torch.split(x, sizes, dim=1)``: the sizes must be positive and add up to the
         channels."""
-        sizes = [int(v) for v in sizes]
+        x = self._ref(x)
+        sizes = list(shape_arg(sizes, "sizes", example="(2, 6)"))
         total = self.channels(x)
         if any(v < 1 for v in sizes) or sum(sizes) != total:
-            raise ValueError(f"split sizes {sizes} must be positive and add up to the {total} channels")
+            raise InvalidInputError(f"split sizes {sizes} must be positive and add up to the {total} channels")
         out, start = [], 0
         for size in sizes:
             out.append(self._add_node(Split(self._ref(x), start, start + int(size)), None))
@@ -660,16 +704,27 @@ class Network:
         return out
 
     def channels_slice(self, x: Value | str, start: int, stop: int, name: str | None = None) -> Value:
-        return self._add_node(Split(self._ref(x), start, stop), name)
+        """Channels ``start:stop`` of ``x`` (``0 <= start < stop <= channels``)."""
+        ref = self._ref(x)
+        start = int_arg(start, "start", minimum=0)
+        stop = int_arg(stop, "stop", minimum=start + 1)
+        try:
+            total = self.channels(ref)
+        except InvalidInputError:  # after a flatten: checked when the shapes are known
+            total = None
+        if total is not None and stop > total:
+            raise InvalidInputError(f"stop={stop} is beyond the {total} channels of {ref!r}")
+        return self._add_node(Split(ref, start, stop), name)
 
     def avg_pool(self, x: Value | str, kernel_size: Any, stride: Any = None, padding: Any = 0,
                  count_include_pad: bool = True, name: str | None = None) -> Value:
         """``nn.AvgPool{n}d`` (``ceil_mode=False``)."""
+        count_include_pad = bool_arg(count_include_pad, "count_include_pad")
         k = _axis_ints(kernel_size, self.ndim, "kernel_size", 1)
         s = k if stride is None else _axis_ints(stride, self.ndim, "stride", 1)
         p = _axis_ints(padding, self.ndim, "padding", 0)
         if any(2 * pi > ki for pi, ki in zip(p, k)):
-            raise ValueError(f"pad should be at most half of the kernel size, got {p} for {k}")
+            raise InvalidInputError(f"pad should be at most half of the kernel size, got {p} for {k}")
         return self._add_node(AvgPool(self._ref(x), k, s, p, count_include_pad), name)
 
     def global_avg_pool(self, x: Value | str, name: str | None = None) -> Value:
@@ -681,15 +736,15 @@ class Network:
     def linear(self, x: Value | str, weight: Any, bias: Any = None, name: str | None = None) -> Value:
         w = _exact_array(weight, "weight")
         if w.ndim != 2:
-            raise ValueError(f"linear weight must be 2-D, got shape {w.shape}")
+            raise InvalidInputError(f"linear weight must be 2-D, got shape {w.shape}")
         b = None if bias is None else _exact_array(bias, "bias")
         if b is not None and b.shape != (w.shape[0],):
-            raise ValueError(f"linear bias must have shape ({w.shape[0]},), got {b.shape}")
+            raise InvalidInputError(f"linear bias must have shape ({w.shape[0]},), got {b.shape}")
         self._note_domain(w, b)
         return self._add_node(Linear(self._ref(x), w, b), name)
 
     def set_output(self, value: Value | str) -> None:
-        self.output_name = self._ref(value)
+        self.output_name = self._ref(value, "value")
 
     # -- queries --------------------------------------------------------------------------
     def _note_domain(self, *arrays: np.ndarray | None) -> None:
@@ -715,30 +770,33 @@ class Network:
     def order(self, stop: str | None = None) -> list[str]:
         """Node names in a topological order ending at ``stop`` (default: the output),
         restricted to the nodes it depends on."""
-        target = self.output_name if stop is None else stop
+        target = self.output_name if stop is None else self._ref(stop, "stop")
         seen: dict[str, None] = {}
-
-        def visit(name: str) -> None:
+        stack: list[tuple[str, bool]] = [(target, False)]
+        while stack:  # a depth-first post-order without recursion (deep networks)
+            name, expanded = stack.pop()
             if name in seen:
-                return
-            for parent in self.nodes[name].inputs:
-                visit(parent)
-            seen[name] = None
-        visit(target)
+                continue
+            if expanded:
+                seen[name] = None
+                continue
+            stack.append((name, True))
+            stack.extend((parent, False) for parent in reversed(self.nodes[name].inputs)
+                         if parent not in seen)
         return list(seen)
 
     def shapes(self, input_shape: Sequence[int], stop: str | None = None
                ) -> dict[str, Shape]:
         """Output shape of every node for an input of shape ``(C, *n)``."""
-        input_shape = tuple(input_shape)
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-                   for v in input_shape):
-            raise ValueError(f"input shape must be positive ints, got {input_shape}")
-        input_shape = tuple(int(v) for v in input_shape)
+        example = f"({self.in_channels}, {', '.join(['8'] * self.ndim)})"
+        input_shape = shape_arg(input_shape, "input_shape", example=example)
         if len(input_shape) != self.ndim + 1:
-            raise ValueError(f"input shape must be (C, {', '.join('n' * self.ndim)}), got {input_shape}")
+            raise InvalidInputError(f"input_shape must be (C, {', '.join('n' * self.ndim)}) for "
+                                    f"this {self.ndim}-D network (no batch axis), e.g. "
+                                    f"{example}; got {input_shape}")
         if input_shape[0] != self.in_channels:
-            raise ValueError(f"the network takes {self.in_channels} channels, got {input_shape[0]}")
+            raise InvalidInputError(f"input_shape {input_shape}: the network takes "
+                                    f"{self.in_channels} channels, got {input_shape[0]}")
         out: dict[str, Shape] = {"input": input_shape}
         for name in self.order(stop):
             if name == "input":
@@ -746,8 +804,8 @@ class Network:
             node = self.nodes[name]
             try:
                 out[name] = node.out_shape([out[p] for p in node.inputs])
-            except ValueError as exc:
-                raise ValueError(f"node {name!r} ({node.describe()}): {exc}") from None
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"node {name!r} ({node.describe()}): {exc}") from None
         return out
 
     def summary(self, input_shape: Sequence[int] | None = None) -> str:

@@ -30,11 +30,15 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
+from .errors import InvalidInputError, InvalidTypeError
 from .channels import channel_index
 from .exact import exact_sympy, to_domain
 from .laurent import LaurentPoly, LaurentRing, per_axis
+from .memory import EXACT_TERM_BYTES, check_budget
+from .validate import describe, sequence_arg
 
-__all__ = ["ConvOperator", "block_diag", "vstack", "hstack"]
+__all__ = ["ConvOperator", "block_diag", "vstack", "hstack", "check_composable", "check_addable",
+           "check_stackable"]
 
 Matrix = tuple[tuple[LaurentPoly, ...], ...]
 
@@ -70,6 +74,67 @@ def _poly_matmul(ring: LaurentRing, left: Matrix, right: Matrix) -> Matrix:
     return tuple(out)
 
 
+def check_composable(outer: Any, inner: Any) -> None:
+    """Refuse ``outer ∘ inner`` when it is not one multi-rate convolution (any twin with
+    ``in_channels``, ``out_channels``, ``stride``, ``upsample`` and ``has_bias``): channel
+    counts must match, an up-sampling after a stride must have ``gcd(u, s) = 1`` on each
+    axis, and no bias may precede zero-insertion up-sampling."""
+    if outer.in_channels != inner.out_channels:
+        raise InvalidInputError(f"cannot compose: the outer operator takes {outer.in_channels} "
+                                f"channels, the inner one gives {inner.out_channels}")
+    for axis, (u, s) in enumerate(zip(outer.upsample, inner.stride)):
+        if u > 1 and s > 1 and gcd(u, s) != 1:
+            raise InvalidInputError(
+                f"axis {axis}: up-sampling by {u} after a stride {s} is not a single "
+                "multi-rate convolution (up_u down_s only commutes when gcd(u, s) = 1); "
+                "collapse this network to an affine map for a fixed input size instead")
+    if any(u > 1 for u in outer.upsample) and inner.has_bias:
+        raise InvalidInputError("a bias before zero-insertion up-sampling is not shift-invariant; "
+                                "move the bias after the up-sampling or use the affine map")
+
+
+def check_addable(a: Any, b: Any) -> None:
+    """Refuse ``a + b`` unless both have one shape, one stride and one up-sampling."""
+    if a.shape != b.shape:
+        raise InvalidInputError(f"cannot add operators of shapes {a.shape} and {b.shape}")
+    if a.stride != b.stride or a.upsample != b.upsample:
+        raise InvalidInputError(f"cannot add operators with strides {a.stride} and {b.stride} "
+                                f"(up-sampling {a.upsample}, {b.upsample}): the sum is not one "
+                                "strided convolution")
+
+
+def check_stackable(ops: Sequence[Any]) -> None:
+    """Refuse ``vstack(ops)`` unless they share the input channels, strides and
+    up-sampling (and there is at least one)."""
+    if not ops:
+        raise InvalidInputError("vstack needs at least one operator")
+    if len({op.in_channels for op in ops}) != 1:
+        raise InvalidInputError("vstack needs operators with the same number of input channels")
+    if len({(op.stride, op.upsample) for op in ops}) != 1:
+        raise InvalidInputError("vstack needs operators with equal strides and up-sampling")
+
+
+def _nonzero_pattern(op: "ConvOperator") -> np.ndarray:
+    return np.array([[bool(e.poly) for e in row] for row in op.matrix], dtype=bool).reshape(
+        op.out_channels, op.in_channels)
+
+
+def _product_bytes(outer: "ConvOperator", inner: "ConvOperator") -> int:
+    """An upper bound of the terms of ``outer ∘ inner`` (the coupled channel pairs times the
+    dense box of the product), plus the substituted copies of both factors, in bytes."""
+    boxes = [op.support() for op in (outer, inner)]
+    if boxes[0] is None or boxes[1] is None:
+        return 0
+    (lo_o, hi_o), (lo_i, hi_i) = boxes
+    taps = 1
+    for a, b, c, d, s, u in zip(lo_o, hi_o, lo_i, hi_i, inner.stride, outer.upsample):
+        taps *= (b - a) * s + (d - c) * u + 1
+    pairs = int(np.count_nonzero(_nonzero_pattern(outer).astype(np.float32) @
+                                 _nonzero_pattern(inner).astype(np.float32)))
+    factors = sum(len(e.poly) for op in (outer, inner) for row in op.matrix for e in row)
+    return EXACT_TERM_BYTES * (pairs * taps + factors)
+
+
 class ConvOperator:
     """``down_s ∘ K(z) ∘ up_u`` plus a bias: a (multi-rate) convolution, exactly.
 
@@ -82,23 +147,34 @@ class ConvOperator:
     def __init__(self, ring: LaurentRing, matrix: Sequence[Sequence[LaurentPoly]],
                  stride: int | Sequence[int] = 1, bias: Sequence[Any] | None = None,
                  upsample: int | Sequence[int] = 1):
-        rows = tuple(tuple(ring(e) for e in row) for row in matrix)
+        if not isinstance(ring, LaurentRing):
+            raise InvalidTypeError(f"ring must be a LaurentRing (e.g. laurent_ring('z1 z2')[0]), "
+                                   f"got {describe(ring)}")
+        expected = "a matrix (a sequence of rows, each a sequence of Laurent polynomials)"
+        rows = tuple(tuple(ring(e) for e in sequence_arg(row, "matrix row", expected=expected,
+                                                         nonempty=False))
+                     for row in sequence_arg(matrix, "matrix", expected=expected, nonempty=False))
         if not rows or not rows[0]:
-            raise ValueError("an operator needs at least one output and one input channel")
+            raise InvalidInputError("an operator needs at least one output and one input channel")
         if any(len(r) != len(rows[0]) for r in rows):
-            raise ValueError("the kernel matrix is ragged: every row needs C_in entries")
+            raise InvalidInputError("the kernel matrix is ragged: every row needs C_in entries")
         self.ring = ring
         self.matrix: Matrix = rows
         self.stride = per_axis(stride, ring.ngens, "stride")
         self.upsample = per_axis(upsample, ring.ngens, "upsample")
         if any(s <= 0 for s in self.stride) or any(u <= 0 for u in self.upsample):
-            raise ValueError(f"stride and upsample must be positive, got {self.stride}, {self.upsample}")
+            raise InvalidInputError(f"stride and upsample must be positive, got {self.stride}, {self.upsample}")
         if bias is None:
             self.bias = (ring.domain.zero,) * len(rows)
         else:
-            bias = tuple(to_domain(b, ring.domain) for b in bias)
+            bias = sequence_arg(bias, "bias", expected="a sequence of numbers, one per output",
+                                nonempty=False)
+            try:
+                bias = tuple(to_domain(b, ring.domain) for b in bias)
+            except (InvalidInputError, InvalidTypeError) as exc:
+                raise type(exc)(f"bias: {exc}") from None
             if len(bias) != len(rows):
-                raise ValueError(f"bias has {len(bias)} entries, the operator has {len(rows)} outputs")
+                raise InvalidInputError(f"bias has {len(bias)} entries, the operator has {len(rows)} outputs")
             self.bias = bias
 
     # -- constructors ---------------------------------------------------------------------
@@ -203,7 +279,7 @@ class ConvOperator:
 
     def _unified(self, other: "ConvOperator") -> tuple["ConvOperator", "ConvOperator"]:
         if not isinstance(other, ConvOperator):
-            raise TypeError(f"expected a ConvOperator, got {type(other).__name__}")
+            raise InvalidTypeError(f"expected a ConvOperator, got {type(other).__name__}")
         if other.ring == self.ring:
             return self, other
         ring = self.ring.unify(other.ring)
@@ -222,18 +298,10 @@ class ConvOperator:
         if not isinstance(other, ConvOperator):
             return NotImplemented
         outer, inner = self._unified(other)
-        if outer.in_channels != inner.out_channels:
-            raise ValueError(f"cannot compose: the outer operator takes {outer.in_channels} "
-                             f"channels, the inner one gives {inner.out_channels}")
-        for axis, (u, s) in enumerate(zip(outer.upsample, inner.stride)):
-            if u > 1 and s > 1 and gcd(u, s) != 1:
-                raise ValueError(
-                    f"axis {axis}: up-sampling by {u} after a stride {s} is not a single "
-                    "multi-rate convolution (up_u down_s only commutes when gcd(u, s) = 1); "
-                    "collapse this network to an affine map for a fixed input size instead")
-        if any(u > 1 for u in outer.upsample) and inner.has_bias:
-            raise ValueError("a bias before zero-insertion up-sampling is not shift-invariant; "
-                             "move the bias after the up-sampling or use the affine map")
+        check_composable(outer, inner)
+        check_budget(_product_bytes(outer, inner), f"composing a {outer.out_channels}x"
+                     f"{outer.in_channels} exact operator with a {inner.out_channels}x"
+                     f"{inner.in_channels} one")
         left = [[e.subs_power(inner.stride) for e in row] for row in outer.matrix]
         right = [[e.subs_power(outer.upsample) for e in row] for row in inner.matrix]
         matrix = _poly_matmul(outer.ring, left, right)
@@ -250,12 +318,7 @@ class ConvOperator:
         if not isinstance(other, ConvOperator):
             return NotImplemented
         a, b = self._unified(other)
-        if a.shape != b.shape:
-            raise ValueError(f"cannot add operators of shapes {a.shape} and {b.shape}")
-        if a.stride != b.stride or a.upsample != b.upsample:
-            raise ValueError(f"cannot add operators with strides {a.stride} and {b.stride} "
-                             f"(up-sampling {a.upsample}, {b.upsample}): the sum is not one "
-                             "strided convolution")
+        check_addable(a, b)
         matrix = [[x + y for x, y in zip(ra, rb)] for ra, rb in zip(a.matrix, b.matrix)]
         return a._replace(matrix, bias=[x + y for x, y in zip(a.bias, b.bias)])
 
@@ -421,11 +484,11 @@ def block_diag(operators: Sequence[ConvOperator]) -> ConvOperator:
     """``diag(A_1, ..., A_g)``: a grouped convolution; strides must agree."""
     ops = list(operators)
     if not ops:
-        raise ValueError("block_diag needs at least one operator")
+        raise InvalidInputError("block_diag needs at least one operator")
     ring = reduce(LaurentRing.unify, (op.ring for op in ops))
     ops = [op.set_ring(ring) for op in ops]
     if len({(op.stride, op.upsample) for op in ops}) != 1:
-        raise ValueError("block_diag needs operators with equal strides and up-sampling")
+        raise InvalidInputError("block_diag needs operators with equal strides and up-sampling")
     n_in = sum(op.in_channels for op in ops)
     matrix, bias, start = [], [], 0
     for op in ops:
@@ -440,14 +503,9 @@ def block_diag(operators: Sequence[ConvOperator]) -> ConvOperator:
 def vstack(operators: Sequence[ConvOperator]) -> ConvOperator:
     """Channel concatenation of outputs: ``[A_1; ...; A_k]`` (same input, same strides)."""
     ops = list(operators)
-    if not ops:
-        raise ValueError("vstack needs at least one operator")
+    check_stackable(ops)
     ring = reduce(LaurentRing.unify, (op.ring for op in ops))
     ops = [op.set_ring(ring) for op in ops]
-    if len({op.in_channels for op in ops}) != 1:
-        raise ValueError("vstack needs operators with the same number of input channels")
-    if len({(op.stride, op.upsample) for op in ops}) != 1:
-        raise ValueError("vstack needs operators with equal strides and up-sampling")
     return ConvOperator(ring, [row for op in ops for row in op.matrix], ops[0].stride,
                         [b for op in ops for b in op.bias], ops[0].upsample)
 
@@ -457,13 +515,13 @@ def hstack(operators: Sequence[ConvOperator]) -> ConvOperator:
     (biases add)."""
     ops = list(operators)
     if not ops:
-        raise ValueError("hstack needs at least one operator")
+        raise InvalidInputError("hstack needs at least one operator")
     ring = reduce(LaurentRing.unify, (op.ring for op in ops))
     ops = [op.set_ring(ring) for op in ops]
     if len({op.out_channels for op in ops}) != 1:
-        raise ValueError("hstack needs operators with the same number of output channels")
+        raise InvalidInputError("hstack needs operators with the same number of output channels")
     if len({(op.stride, op.upsample) for op in ops}) != 1:
-        raise ValueError("hstack needs operators with equal strides and up-sampling")
+        raise InvalidInputError("hstack needs operators with equal strides and up-sampling")
     matrix = [sum((list(op.matrix[o]) for op in ops), []) for o in range(ops[0].out_channels)]
     bias = [sum((op.bias[o] for op in ops), ring.domain.zero) for o in range(ops[0].out_channels)]
     return ConvOperator(ring, matrix, ops[0].stride, bias, ops[0].upsample)

@@ -27,10 +27,12 @@ import numpy as np
 import sympy
 from sympy.polys.domains.domain import Domain
 
+from .errors import InvalidInputError, InvalidTypeError
 from .affine_map import flat_index, collapse_affine
 from .collapse import collapse
 from .network import Network
 from .operator import ConvOperator
+from .validate import bool_arg, describe, instance_arg, optional_str_arg, shape_arg
 
 __all__ = ["Certificate", "Counterexample", "prove", "prove_collapse", "operator_rows"]
 
@@ -210,7 +212,7 @@ def _prove_operators(lhs: ConvOperator, rhs: ConvOperator, claim: str,
     start = time.perf_counter()
     lhs, rhs = lhs._unified(rhs)
     if lhs.shape != rhs.shape:
-        raise ValueError(f"the two sides have shapes {lhs.shape} and {rhs.shape}")
+        raise InvalidInputError(f"the two sides have shapes {lhs.shape} and {rhs.shape}")
     dom = lhs.ring.domain
     notes: list[str] = []
     if lhs.stride == rhs.stride and lhs.upsample == rhs.upsample:
@@ -248,8 +250,8 @@ def _prove_operators(lhs: ConvOperator, rhs: ConvOperator, claim: str,
                                str(dom), len(_symbols(dom)), compared, 0,
                                time.perf_counter() - start, notes)
     elif input_shape is None:
-        raise ValueError("the two sides have different rates; give input_shape to compare "
-                         "them as maps on a finite signal")
+        raise InvalidInputError("the two sides have different rates; give input_shape to compare "
+                                "them as maps on a finite signal")
     input_shape = _check_signal_shape(lhs, input_shape, periodic)
     out = _common_output_shape(lhs, rhs, input_shape, periodic)
     rows = list(range(int(np.prod(out))))
@@ -267,10 +269,10 @@ def _check_signal_shape(op: ConvOperator, input_shape: Sequence[int], periodic: 
     """``(C_in, *n)`` for the operator's channels and dimension; periodic needs ``s | n``."""
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != op.ndim + 1 or shape[0] != op.in_channels or min(shape) < 1:
-        raise ValueError(f"input_shape must be (C_in={op.in_channels}, {op.ndim} sizes), got {shape}")
+        raise InvalidInputError(f"input_shape must be (C_in={op.in_channels}, {op.ndim} sizes), got {shape}")
     if periodic and (any(n % s for n, s in zip(shape[1:], op.stride)) or any(u > 1 for u in op.upsample)):
-        raise ValueError(f"a periodic comparison needs strides {op.stride} dividing the size "
-                         f"{shape[1:]} and no up-sampling")
+        raise InvalidInputError(f"a periodic comparison needs strides {op.stride} dividing the size "
+                                f"{shape[1:]} and no up-sampling")
     return shape
 
 
@@ -300,16 +302,19 @@ def prove(lhs: ConvOperator | Network, rhs: ConvOperator | Network, *,
     with ``input_shape``, also their maps on a symbolic signal of that shape (coefficient
     reading; ``periodic`` for ``n``-periodic signals).  Two networks: their exact affine
     maps by explicit index sums on ``input_shape``."""
-    claim = claim or "lhs = rhs"
+    claim = optional_str_arg(claim, "claim") or "lhs = rhs"
+    periodic = bool_arg(periodic, "periodic")
+    if input_shape is not None:
+        input_shape = shape_arg(input_shape, "input_shape")
     if isinstance(lhs, ConvOperator) and isinstance(rhs, ConvOperator):
         return _prove_operators(lhs, rhs, claim, input_shape, periodic)
     if isinstance(lhs, Network) and isinstance(rhs, Network):
         if input_shape is None:
-            raise ValueError("comparing two networks needs input_shape")
+            raise InvalidInputError("comparing two networks needs input_shape")
         start = time.perf_counter()
         left, right = collapse_affine(lhs, input_shape), collapse_affine(rhs, input_shape)
         if left.output_shape != right.output_shape:
-            raise ValueError(f"the networks give shapes {left.output_shape} and {right.output_shape}")
+            raise InvalidInputError(f"the networks give shapes {left.output_shape} and {right.output_shape}")
         domain = left.domain.unify(right.domain)
         lw, rw = left.W.convert_to(domain), right.W.convert_to(domain)
         lb = {r: domain.convert_from(b, left.domain) for r, b in enumerate(left.B) if b}
@@ -318,8 +323,9 @@ def prove(lhs: ConvOperator | Network, rhs: ConvOperator | Network, *,
                              f"input of shape {tuple(input_shape)}", domain,
                              lw.rep.to_dod(), rw.rep.to_dod(), lb, rb, left.output_shape,
                              left.input_shape, list(range(lw.shape[0])), start, [])
-    raise TypeError("prove compares two ConvOperators or two Networks; use prove_collapse "
-                    "for a network against its collapsed operator")
+    raise InvalidTypeError(f"prove compares two ConvOperators or two Networks, got lhs "
+                           f"{describe(lhs)} and rhs {describe(rhs)}; use prove_collapse for "
+                           "a network against its collapsed operator")
 
 
 def prove_collapse(network: Network, input_shape: Sequence[int], *,
@@ -334,23 +340,29 @@ def prove_collapse(network: Network, input_shape: Sequence[int], *,
     answer, to check a *claimed* collapse (e.g. ``region=np.ones(...)`` for "exact
     everywhere")."""
     start = time.perf_counter()
-    input_shape = tuple(input_shape)
+    instance_arg(network, Network, "network", "a laurentnet.algebra.Network")
+    input_shape = shape_arg(input_shape, "input_shape")
+    claim = optional_str_arg(claim, "claim")
     result = collapse(network, input_shape, periodic=periodic)
     op = operator if operator is not None else result.operator
     if not isinstance(op, ConvOperator):
-        raise TypeError(f"operator must be a ConvOperator, got {type(op).__name__}")
+        raise InvalidTypeError(f"operator must be a ConvOperator, got {type(op).__name__}")
     if op.shape != result.operator.shape or op.ndim != network.ndim:
-        raise ValueError(f"the claimed operator is {op.shape[0]}x{op.shape[1]} in {op.ndim}-D; "
-                         f"the network maps {result.operator.in_channels} to "
-                         f"{result.operator.out_channels} channels in {network.ndim}-D")
+        raise InvalidInputError(f"the claimed operator is {op.shape[0]}x{op.shape[1]} in {op.ndim}-D; "
+                                f"the network maps {result.operator.in_channels} to "
+                                f"{result.operator.out_channels} channels in {network.ndim}-D")
     if op.ring.symbols != result.operator.ring.symbols:
-        raise ValueError(f"the claimed operator uses the variables {op.ring.symbols}, the "
-                         f"network {result.operator.ring.symbols}")
-    mask = result.region if region is None else np.asarray(region, dtype=bool)
+        raise InvalidInputError(f"the claimed operator uses the variables {op.ring.symbols}, the "
+                                f"network {result.operator.ring.symbols}")
+    try:
+        mask = result.region if region is None else np.asarray(region, dtype=bool)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"region must be a boolean array of the output's spatial shape "
+                                f"{result.output_shape[1:]}: {exc}") from None
     use_periodic = result.periodic if periodic is None else periodic
     out = result.output_shape
     if mask.shape != out[1:]:
-        raise ValueError(f"region must have the output's spatial shape {out[1:]}, got {mask.shape}")
+        raise InvalidInputError(f"region must have the output's spatial shape {out[1:]}, got {mask.shape}")
     affine = collapse_affine(network, input_shape)
     domain = affine.domain.unify(op.ring.domain)
     op = op.set_ring(op.ring.with_domain(domain))

@@ -17,8 +17,11 @@ import numpy as np
 import sympy
 from sympy.polys.domains import QQ
 
+from .errors import InvalidInputError, InvalidTypeError
 from .laurent import LaurentPoly, per_axis
+from .memory import EXACT_TERM_BYTES, check_budget
 from .operator import ConvOperator
+from .validate import bool_arg
 
 __all__ = ["signal_to_polys", "apply_operator"]
 
@@ -42,11 +45,20 @@ def signal_to_polys(op: ConvOperator, x: Any) -> list[LaurentPoly]:
     symbolic entries need ``op`` over a domain holding their symbols)."""
     array = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
     if array.ndim != op.ndim + 1:
-        raise ValueError(f"expected a signal of shape (C, {'n, ' * op.ndim}...) with "
-                         f"{op.ndim + 1} axes, got shape {array.shape}")
+        raise InvalidInputError(f"expected a signal of shape (C, {'n, ' * op.ndim}...) with "
+                                f"{op.ndim + 1} axes, got shape {array.shape}")
     if array.shape[0] != op.in_channels:
-        raise ValueError(f"signal has {array.shape[0]} channels, the operator takes {op.in_channels}")
+        raise InvalidInputError(f"signal has {array.shape[0]} channels, the operator takes {op.in_channels}")
     return [op.ring.from_array(channel) for channel in array]
+
+
+def _apply_bytes(op: ConvOperator, n: Sequence[int]) -> int:
+    """Terms of the input polynomials and of the products ``K_o X`` (a dense box each)."""
+    box = op.support() or ((0,) * op.ndim, (0,) * op.ndim)
+    product = np.prod([m * u + h - l + 1 for m, u, l, h in zip(n, op.upsample, *box)],
+                      dtype=object)
+    return EXACT_TERM_BYTES * (op.in_channels * int(np.prod(n, dtype=object)) +
+                               op.out_channels * int(product))
 
 
 def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | None = None, *,
@@ -58,13 +70,25 @@ def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | No
     ``n / s`` and each stride must divide its size.  Non-periodic without ``out_shape``: every
     ``i >= 0`` up to the last nonzero coefficient.  The input may hold sympy symbols."""
     if not isinstance(op, ConvOperator):
-        raise TypeError(f"expected a ConvOperator, got {type(op).__name__}")
-    array = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+        raise InvalidTypeError(f"op must be a ConvOperator, got {type(op).__name__}")
+    periodic = bool_arg(periodic, "periodic")
+    if out_shape is not None:
+        out_shape = per_axis(out_shape, op.ndim, "out_shape")
+        if any(v < 1 for v in out_shape):
+            raise InvalidInputError(f"out_shape must be positive sizes, got {out_shape}")
+    try:
+        array = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    except ValueError as exc:  # a ragged nested list
+        raise InvalidInputError(f"x must be a rectangular array (C, *n): {exc}") from None
+    if array.dtype.kind in "USV":
+        raise InvalidTypeError(f"x must hold numbers, got dtype {array.dtype}")
     if array.size == 0:
-        raise ValueError(f"the signal is empty (shape {array.shape})")
+        raise InvalidInputError(f"the signal is empty (shape {array.shape})")
+    n = tuple(int(v) for v in array.shape[1:])
+    check_budget(_apply_bytes(op, n), f"applying a {op.out_channels}x{op.in_channels} exact "
+                 f"operator to a signal of shape {array.shape}")
     op = _with_input_symbols(op, array)
     X = signal_to_polys(op, array)
-    n = tuple(int(v) for v in array.shape[1:])
     rows = []
     for o in range(op.out_channels):
         acc = op.ring.zero
@@ -74,15 +98,15 @@ def apply_operator(op: ConvOperator, x: Any, out_shape: int | Sequence[int] | No
         rows.append(acc)
     if periodic:
         if any(u != 1 for u in op.upsample):
-            raise ValueError("periodic application of an up-sampling operator is not supported")
+            raise InvalidInputError("periodic application of an up-sampling operator is not supported")
         if any(size % s for size, s in zip(n, op.stride)):
-            raise ValueError(f"circular padding with stride {op.stride} needs each stride to "
-                             f"divide the size {n}")
+            raise InvalidInputError(f"circular padding with stride {op.stride} needs each stride to "
+                                    f"divide the size {n}")
         rows = [r.mod_circular(n) for r in rows]
         out = tuple(size // s for size, s in zip(n, op.stride))
         if out_shape is not None and per_axis(out_shape, op.ndim, "out_shape") != out:
-            raise ValueError(f"a periodic output has the shape n / stride = {out}, "
-                             f"not {out_shape}")
+            raise InvalidInputError(f"a periodic output has the shape n / stride = {out}, "
+                                    f"not {out_shape}")
     elif out_shape is None:
         highs = [r.support()[1] for r in rows if r]
         high = tuple(max(col) for col in zip(*highs)) if highs else (0,) * op.ndim

@@ -14,9 +14,11 @@ import sympy
 from sympy.polys.domains import QQ
 from sympy.polys.domains.domain import Domain
 
+from .errors import InvalidInputError, InvalidTypeError
 from .laurent import LaurentRing, per_axis
 from .layout import default_ring, operator_from_weight
 from .operator import ConvOperator
+from .validate import bool_arg, describe, int_arg
 
 __all__ = ["symbolic_operator", "weight_symbols"]
 
@@ -37,12 +39,28 @@ def symbolic_operator(name: str, out_channels: int, in_channels: int,
                       padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
                       groups: int = 1, bias: bool = False, base: Domain = QQ) -> ConvOperator:
     """A symbolic convolution ``conv{n}d`` with weight shape ``(C_out, C_in/g, *k)``."""
-    if ndim is None:
-        ndim = ring.ngens if ring is not None else \
-            (1 if isinstance(kernel_size, int) else len(kernel_size))
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+        raise InvalidTypeError(f"name must be a string like 'a' or 'w1' (it names the weight "
+                               f"symbols), got {describe(name)}")
+    out_channels = int_arg(out_channels, "out_channels", minimum=1)
+    in_channels = int_arg(in_channels, "in_channels", minimum=1)
+    groups = int_arg(groups, "groups", minimum=1)
+    bias = bool_arg(bias, "bias")
+    if ring is not None and not isinstance(ring, LaurentRing):
+        raise InvalidTypeError(f"ring must be a LaurentRing or None, got {describe(ring)}")
+    if ndim is not None:
+        ndim = int_arg(ndim, "ndim", minimum=1, maximum=3)
+    elif ring is not None:
+        ndim = ring.ngens
+    elif isinstance(kernel_size, (str, bytes)) or not hasattr(kernel_size, "__len__"):
+        ndim = 1
+    else:
+        ndim = len(kernel_size)
     kernel = per_axis(kernel_size, ndim, "kernel_size")
+    if any(k < 1 for k in kernel):
+        raise InvalidInputError(f"kernel_size must be positive, got {kernel}")
     if in_channels % groups or out_channels % groups:
-        raise ValueError(f"groups={groups} must divide both channel counts")
+        raise InvalidInputError(f"groups={groups} must divide both channel counts")
     weights = weight_symbols(name, (out_channels, in_channels // groups, *kernel))
     symbols = list(weights.flat)
     bias_symbols = None

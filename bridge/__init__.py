@@ -22,6 +22,7 @@ The Python API (the ``laurentnet`` command line is built on it)::
 * :mod:`laurentnet.bridge.models` — ResNets with a skip weight, train-time re-parameterizable
   blocks (RepVGG, ACNet, DBB, MobileOne, DiracNet).
 """
+from ..algebra.errors import InvalidInputError, InvalidTypeError, LaurentnetError
 from .convert import MODES, Conversion, ConversionError, ConversionReport, convert, count_layers
 from .files import OutputPathError, atomic_write, check_output_path
 from .safe_load import CheckpointError, LoadedModel, load
@@ -29,4 +30,30 @@ from .verify import Verification, tolerance_for, verify
 
 __all__ = ["convert", "Conversion", "ConversionReport", "ConversionError", "count_layers", "MODES",
            "load", "LoadedModel", "CheckpointError", "verify", "Verification", "tolerance_for",
-           "check_output_path", "atomic_write", "OutputPathError"]
+           "check_output_path", "atomic_write", "OutputPathError",
+           "LaurentnetError", "InvalidInputError", "InvalidTypeError"]
+
+# Skip removal (homotopy training): data, schedules λ(t), the trainer, deployment
+from .data import DataError, Splits, digits, load_data, load_mnist, read_idx, synthetic_signals
+from .schedules import AutoSchedule, FixedSchedule, ScheduleError, make_schedule
+from .skip_removal import Deployment, SkipRemovalError, deploy_skipless, fold_batchnorm
+from .timing import interleaved_times
+from .trainer import TrainConfig, TrainingError, TrainResult, train
+
+__all__ += ["DataError", "Splits", "digits", "load_data", "load_mnist", "read_idx",
+            "synthetic_signals", "AutoSchedule", "FixedSchedule", "ScheduleError",
+            "make_schedule", "Deployment", "SkipRemovalError", "deploy_skipless",
+            "fold_batchnorm", "interleaved_times", "TrainConfig", "TrainingError", "TrainResult",
+            "train"]
+
+# Basis convolutions (seed 003): W = C·B, decomposition of trained layers, sensitivity
+from .basis_conv import BasisConv, collapse_basis_convs_
+from .conv_layers import ConvLayer, find_conv_layers
+from .decompose import Decomposition, LayerDecomposition, decompose, decompose_layer
+from .fine_tune import FineTuneResult, fine_tune
+from .sensitivity import Budget, Selection, SensitivityReport, select_layers, sensitivity
+
+__all__ += ["BasisConv", "collapse_basis_convs_", "ConvLayer", "find_conv_layers",
+            "Decomposition", "LayerDecomposition", "decompose", "decompose_layer",
+            "FineTuneResult", "fine_tune", "Budget", "Selection", "SensitivityReport",
+            "select_layers", "sensitivity"]

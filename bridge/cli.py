@@ -1,15 +1,25 @@
 """The ``laurentnet`` command line, on top of the Python API (:mod:`laurentnet.bridge`).
 
 Commands: ``demo``, ``collapse``, ``verify``, ``inspect``.  Every command has ``--help``;
-``--json`` prints one machine-readable object.  Exit status: 0 ok, 1 verification failed,
-2 bad input (one line naming the problem; ``--debug`` shows the traceback), 3 an internal
-error (a bug in laurentnet, reported as such, never as the user's mistake).
+``--json`` prints one machine-readable object.  Exit status:
+
+* 0 ok;
+* 1 a check failed (verification, or the demo's exact collapse / proof);
+* 2 bad input: a usage error, one of the package's own refusals (a
+  :class:`~laurentnet.algebra.errors.LaurentnetError`: bad value, over the memory budget,
+  unsafe file, ...) or an OS error on a file the user named (missing, unreadable, a
+  directory, ...) — one line naming the problem; ``--debug`` shows the traceback;
+* 3 anything else: an internal error, i.e. a bug in laurentnet, reported as such (one line
+  asking for a bug report), never as the user's mistake;
+* 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -19,7 +29,11 @@ __all__ = ["main", "build_parser", "parse_input_shape"]
 
 
 class UsageError(Exception):
-    """A problem with the user's input: reported in one line, exit status 2."""
+    """A problem with the user's input: reported in one line, exit status 2.  (Not a
+    ``LaurentnetError`` only so that ``--help`` and usage errors need no sympy import.)"""
+
+
+_NUMBER_LIKE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
 
 def _version() -> str:
@@ -36,6 +50,33 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._attach_negative_values(argv), namespace)
+
+    def _attach_negative_values(self, argv: list[str]) -> list[str]:
+        """``--tolerance -inf`` -> ``--tolerance=-inf``: after an option that takes a value,
+        a token like a negative number (``-1``, ``-1e-5``, ``-inf``, ``-nan``, ``-1,8,8``) is
+        that value; argparse alone would read it as an unknown flag.  The command then
+        refuses it, if it must, with a message naming the option."""
+        takes_value = {flag for action in self._actions if action.option_strings
+                       and action.nargs != 0 for flag in action.option_strings}
+        out: list[str] = []
+        i = 0
+        while i < len(argv):
+            token = argv[i]
+            if token == "--":
+                out.extend(argv[i:])
+                break
+            if token in takes_value and i + 1 < len(argv) and _NUMBER_LIKE.match(argv[i + 1]):
+                out.append(f"{token}={argv[i + 1]}")
+                i += 2
+                continue
+            out.append(token)
+            i += 1
+        return out
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
@@ -58,7 +99,16 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
 
 def _load(source: str, args: argparse.Namespace) -> Any:
     from .safe_load import load
-    options = json.loads(args.arch_options) if getattr(args, "arch_options", None) else None
+    options = None
+    if getattr(args, "arch_options", None):
+        try:
+            options = json.loads(args.arch_options)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--arch-options {args.arch_options!r} is not JSON ({exc}); give "
+                             "an object such as '{\"linear\": true}'") from None
+        if not isinstance(options, dict):
+            raise UsageError(f"--arch-options must be a JSON object such as "
+                             f"'{{\"linear\": true}}', got {args.arch_options!r}")
     return load(source, arch=getattr(args, "arch", None), arch_options=options)
 
 
@@ -114,15 +164,20 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    if args.channels < 1 or args.repeats < 1 or args.epochs < 1:
-        raise UsageError("--channels, --epochs and --repeats must be positive")
+    for flag, value in (("--channels", args.channels), ("--epochs", args.epochs),
+                        ("--repeats", args.repeats)):
+        if value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if not math.isfinite(args.tolerance) or args.tolerance < 0:
-        raise UsageError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+    if not math.isfinite(args.tolerance) or args.tolerance <= 0:
+        raise UsageError(f"--tolerance must be a positive finite number (a relative error "
+                         f"such as 1e-10), got {args.tolerance}")
+    if args.out_dir is not None and not Path(args.out_dir).is_dir():
+        raise UsageError(f"--out-dir {args.out_dir}: no such folder")
     report = run_demo(seed=args.seed, channels=args.channels, repeats=args.repeats,
                       tolerance=args.tolerance, epochs=args.epochs, out_dir=args.out_dir,
-                      progress=not args.json)
+                      progress=not args.json, prove=args.prove)
     _emit(args, report.as_dict(), report.table())
     return 0 if report.ok else 1
 
@@ -223,14 +278,23 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _add_memory_budget(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--memory-budget", metavar="SIZE", default=None,
+                        help="refuse work whose estimated memory is over SIZE (bytes, or like "
+                             "200M, 8G; default $LAURENTNET_MEMORY_BUDGET or half the RAM)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="laurentnet",
         description="Convolutional networks as matrices of Laurent polynomials: "
                     "collapse, prove, evaluate fast.",
-        epilog="Exit status: 0 ok; 1 a check failed (verification, exactness); 2 bad input "
-               "(one line naming the problem); 3 an internal error (a bug in laurentnet: "
-               "rerun with --debug and report the traceback).")
+        epilog="Exit status: 0 ok; 1 a check failed (verification, the demo's exact collapse "
+               "or proof); 2 bad input: a usage error, one of laurentnet's own refusals (bad "
+               "value, over the memory budget, unsafe or broken file) or a missing/unreadable "
+               "file you named (one line naming the problem); 3 an internal error, i.e. a bug "
+               "in laurentnet (one line asking you to report it; add --debug before the "
+               "command for the traceback); 130 interrupted.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"laurentnet {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -248,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tolerance", type=float, default=1e-10,
                       help="max relative float64 error of the exact collapse (default 1e-10)")
     demo.add_argument("--out-dir", help="keep the .pt2 files here (default: a temp folder)")
+    demo.add_argument("--prove", choices=("auto", "always", "never"), default="auto",
+                      help="the exact proof over QQ: auto = up to 16 channels (it grows ~C^2), "
+                           "always, or never (default auto)")
+    _add_memory_budget(demo)
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(run=_cmd_demo)
 
@@ -265,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     collapse.add_argument("--merge-slower", action="store_true",
                           help="merge segments even where the merged form is slower")
     collapse.add_argument("--no-verify", action="store_true", help="skip the verification")
+    _add_memory_budget(collapse)
     _model_arguments(collapse)
     collapse.set_defaults(run=_cmd_collapse)
 
@@ -279,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--samples", type=int, default=8, help="random inputs (default 8)")
     check.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     _model_arguments(check)
+    _add_memory_budget(check)
     check.set_defaults(run=_cmd_verify)
 
     inspect = commands.add_parser(
@@ -288,45 +358,97 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", metavar="MODEL")
     _model_arguments(inspect)
     inspect.set_defaults(run=_cmd_inspect)
+
+    from . import cli_train
+    cli_train.add_parser(commands)
+    from . import cli_decompose
+    cli_decompose.add_parser(commands)
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the input is bad (exit 2)."""
+def _package_errors() -> tuple[type[BaseException], ...]:
+    """The package's own refusals (exit 2): usage errors and every ``LaurentnetError``
+    (bad values and types, over the memory budget, unsafe or broken files, ...)."""
     from ..algebra.errors import LaurentnetError
-    return (UsageError, LaurentnetError, ValueError, TypeError, OSError, MemoryError,
-            json.JSONDecodeError)
+    return (UsageError, LaurentnetError)
+
+
+def _resolved(path: Any) -> Path | None:
+    try:
+        return Path(os.fspath(path)).expanduser().resolve(strict=False)
+    except (TypeError, ValueError, OSError, RuntimeError):
+        return None
+
+
+def _on_user_file(exc: BaseException, args: argparse.Namespace) -> bool:
+    """An OS error (missing, unreadable, a directory, disk full, ...) on a path the user
+    named on the command line, or on a file inside a folder the user named (``--out-dir``,
+    the folder of ``-o``): the user's problem, exit 2.  An OS error anywhere else is ours."""
+    if not isinstance(exc, OSError):
+        return False
+    given = {k: os.fspath(v) for k, v in vars(args).items()  # every path-like argument
+             if k != "command" and v and isinstance(v, (str, os.PathLike))}
+    named = [v for v in given.values() if os.path.exists(v) or Path(v).suffix or os.sep in v]
+    if not named:
+        return False
+    paths = {p for p in map(_resolved, named) if p is not None}
+    folders = set(paths)  # files inside a folder the user named (--out-dir)
+    for key, value in given.items():
+        if "out" in key and _resolved(value) is not None:
+            folders.add(_resolved(value).parent)  # the temporary file next to an output
+    for filename in (exc.filename, exc.filename2):
+        if filename is None:
+            continue
+        where = _resolved(filename)
+        if where is not None and (where in paths or where.parent in folders):
+            return True
+    message = str(exc)
+    return exc.filename is None and any(name in message for name in named)
+
+
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``laurentnet`` command; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
     if run is None:
-        parser.print_usage(sys.stderr)
-        print("laurentnet: error: give a command (demo, collapse, verify, inspect); see "
-              "laurentnet --help", file=sys.stderr)
+        names = [name for action in parser._actions  # the registered commands, in order
+                 if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+        print(f"laurentnet: error: give a command ({', '.join(names)}); see laurentnet --help",
+              file=sys.stderr)
         return 2
+    where = f"laurentnet {args.command}"
+    from ..algebra.memory import memory_limit
     try:
-        return run(args)
-    except _user_errors() as exc:
-        if args.debug:
-            traceback.print_exc()
-        else:
-            message = " ".join(str(exc).split()) or type(exc).__name__  # one line
-            print(f"laurentnet {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        with memory_limit(getattr(args, "memory_budget", None), "--memory-budget"):
+            return run(args)
     except KeyboardInterrupt:
-        print(f"laurentnet {args.command}: interrupted", file=sys.stderr)
+        print(f"{where}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug in laurentnet, not the user's mistake
+    except BrokenPipeError:  # `laurentnet inspect m.pt2 | head`: the reader went away
+        try:
+            sys.stdout = open(os.devnull, "w")  # no second error when Python flushes stdout
+        except OSError:
+            pass
+        return 141
+    except Exception as exc:
+        user = isinstance(exc, _package_errors()) or _on_user_file(exc, args)
         if args.debug:
             traceback.print_exc()
-        else:
-            message = " ".join(str(exc).split())
-            print(f"laurentnet {args.command}: internal error ({type(exc).__name__}: {message}); "
-                  "this is a bug in laurentnet — rerun with --debug and report the traceback",
-                  file=sys.stderr)
+        if user:
+            if not args.debug:
+                print(f"{where}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        # a bug in laurentnet, not the user's mistake
+        print(f"{where}: internal error in laurentnet ({type(exc).__name__}: {_one_line(exc)}); "
+              "this is a bug, please report it" + (" with the traceback above" if args.debug else
+                                                   " (laurentnet --debug ... shows the traceback)"),
+              file=sys.stderr)
         return 3
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from torch import fx, nn
 
+from ..algebra.errors import InvalidTypeError
+
 __all__ = ["count_layers"]
 
 _CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -52,7 +54,7 @@ def count_layers(module: nn.Module) -> dict[str, int]:
     ``aten.linear``, ``aten.addmm``, ...); any other module by its submodules."""
     counts = {"conv": 0, "batch_norm": 0, "linear": 0}
     if not isinstance(module, nn.Module):
-        raise TypeError(f"count_layers needs an nn.Module, got {type(module).__name__}")
+        raise InvalidTypeError(f"count_layers needs an nn.Module, got {type(module).__name__}")
     if isinstance(module, fx.GraphModule):
         for node in module.graph.nodes:
             if node.op == "call_function":

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..algebra.errors import LaurentnetError
+from ..algebra.errors import InvalidTypeError, LaurentnetError
+from ..algebra.validate import describe
 
 __all__ = ["OutputPathError", "check_output_path", "atomic_write"]
 
@@ -25,6 +26,8 @@ def check_output_path(out: str | os.PathLike, *, inputs: Iterable[str | os.PathL
     format), a folder that does not exist, an existing directory, and a path that is (or,
     via ``os.path.samefile``, is the same file as) one of ``inputs``.
     """
+    if not isinstance(out, (str, os.PathLike)):
+        raise InvalidTypeError(f"out must be a path (str or os.PathLike), got {describe(out)}")
     path = Path(out)
     if path.suffix.lower() != suffix.lower():
         raise OutputPathError(f"{path}: the output format is {suffix}; give a path "

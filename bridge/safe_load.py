@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..algebra.errors import LaurentnetError
+from ..algebra.errors import InvalidTypeError, LaurentnetError
+from ..algebra.validate import describe, optional_str_arg
 from .models import resnet18, resnet34, resnet_tiny
 
 __all__ = ["CheckpointError", "LoadedModel", "ARCHS", "STATE_DICT_SUFFIXES", "load",
@@ -145,7 +146,17 @@ def load(source: str | os.PathLike, *, arch: str | None = None,
     loaded (strictly) into ``ARCHS[arch](**arch_options)``; ``package.module:factory``
     (when no such file exists) -> :func:`load_factory`.  Returns a :class:`LoadedModel`.
     """
+    if not isinstance(source, (str, os.PathLike)):
+        raise InvalidTypeError(f"source must be a path (str or os.PathLike) or "
+                               f"'package.module:factory', got {describe(source)}")
     text = os.fspath(source)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    arch = optional_str_arg(arch, "arch")
+    if arch_options is not None and (not isinstance(arch_options, Mapping) or
+                                     not all(isinstance(k, str) for k in arch_options)):
+        raise InvalidTypeError(f"arch_options must be a dict of keyword arguments such as "
+                               f"{{'linear': True}}, got {describe(arch_options)}")
     path = Path(text)
     if not path.exists() and _FACTORY.match(text):
         _no_arch(text, arch, arch_options, "a factory builds its own module")

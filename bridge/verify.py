@@ -24,6 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError, LaurentnetError
+from ..algebra.validate import (describe, instance_arg, int_arg, optional_int_arg,
+                                optional_str_arg, shape_arg)
+
 __all__ = ["Verification", "verify", "tolerance_for", "random_inputs"]
 
 
@@ -149,19 +153,55 @@ def verify(original: nn.Module, converted: nn.Module, example_input: torch.Tenso
     comparison to the positions where the conversion is exact.  ``original_batch`` /
     ``converted_batch``: the fixed batch size of a model exported without a free batch axis
     (inputs then go through in chunks of that size)."""
+    hint = "e.g. load(path).module, or any torch.nn.Module"
+    instance_arg(original, nn.Module, "original", "a torch.nn.Module", hint)
+    instance_arg(converted, nn.Module, "converted", "a torch.nn.Module",
+                 "e.g. convert(...).module or load(path).module")
+    for what, value in (("example_input", example_input), ("data", data)):
+        if value is not None:
+            instance_arg(value, torch.Tensor, what, "a torch.Tensor of shape (batch, C, *n)",
+                         "convert arrays with torch.as_tensor")
+            if value.ndim < 2 or value.shape[0] < 1:
+                raise InvalidInputError(f"{what} must have a batch axis and at least one input "
+                                        f"(shape (batch, C, *n)), got shape {tuple(value.shape)}")
+            if value.is_complex():
+                raise InvalidTypeError(f"{what} is complex ({value.dtype}); only real inputs "
+                                       "are supported")
+    samples = int_arg(samples, "samples", minimum=0 if data is not None else 1)
+    seed = int_arg(seed, "seed")
+    original_batch = optional_int_arg(original_batch, "original_batch", minimum=1)
+    converted_batch = optional_int_arg(converted_batch, "converted_batch", minimum=1)
+    region_text = optional_str_arg(region_text, "region_text")
+    if region is not None:
+        try:
+            region = np.asarray(region)
+        except ValueError as exc:
+            raise InvalidInputError(f"region must be a boolean mask of one output: {exc}") from None
+        if region.dtype != np.bool_:
+            raise InvalidTypeError(f"region must be a boolean mask (numpy bool array) of one "
+                                   f"output's shape, got {describe(region)} of dtype {region.dtype}")
     if input_shape is None:
         if example_input is None and data is None:
-            raise ValueError("verify needs example_input, input_shape or data to know the input shape")
+            raise InvalidInputError("verify needs example_input, input_shape or data to know the input shape")
         input_shape = tuple((example_input if example_input is not None else data).shape[1:])
+    input_shape = shape_arg(input_shape, "input_shape", example="(3, 32, 32)")
     dtype = _module_dtype(converted)
     batches = [random_inputs(input_shape, samples, seed=seed, dtype=torch.float64)]
     if data is not None:
         if tuple(data.shape[1:]) != tuple(input_shape):
-            raise ValueError(f"the data have shape {tuple(data.shape)}, the model takes "
-                             f"(batch, {', '.join(map(str, input_shape))})")
+            raise InvalidInputError(f"the data have shape {tuple(data.shape)}, the model takes "
+                                    f"(batch, {', '.join(map(str, input_shape))})")
         batches.append(data.detach().to(torch.float64))
     x = torch.cat(batches)
-    ref, reference = _float64_reference(_in_eval_mode(original), x, original_batch)
+    try:
+        ref, reference = _float64_reference(_in_eval_mode(original), x, original_batch)
+    except LaurentnetError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the user's model
+        detail = " ".join(str(exc).split())[:200]                       # on the user's shape
+        raise InvalidInputError(f"original does not run on inputs of shape (batch, "
+                                f"{', '.join(map(str, input_shape))}): {type(exc).__name__}: "
+                                f"{detail} (check input_shape / example_input / data)") from exc
     with torch.no_grad():
         y = _run(_in_eval_mode(converted), x.to(dtype), converted_batch)
         y_orig = _run(original, x.to(_module_dtype(original)), original_batch)
@@ -172,6 +212,14 @@ def verify(original: nn.Module, converted: nn.Module, example_input: torch.Tenso
                             str(dtype).removeprefix("torch."), reference, x.shape[0], where,
                             f"output shapes differ: converted {tuple(y.shape)}, original "
                             f"{tuple(ref.shape)}")
+    if region is not None:
+        try:
+            fits = np.broadcast_shapes(region.shape, tuple(ref.shape[1:])) == tuple(ref.shape[1:])
+        except ValueError:
+            fits = False
+        if not fits:
+            raise InvalidInputError(f"region of shape {region.shape} does not fit one output of "
+                                    f"shape {tuple(ref.shape[1:])}")
     max_abs, max_rel = _max_errors(y, ref, region)
     _, original_rel = _max_errors(y_orig, ref, region)
     tol = tolerance_for(dtype, original_rel)

@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..algebra.errors import LaurentnetError
+from ..algebra.errors import InvalidInputError, InvalidTypeError, LaurentnetError
+from ..algebra.validate import bool_arg, describe
 from .inputs import as_real_tensor
 from .gemm_conv import GemmConvMode, eval_batch_norm, gemm_conv2d
 from .memory import check_budget, estimate_bytes, format_bytes
@@ -109,8 +110,8 @@ class AffineMap:
         :meth:`laurentnet.algebra.AffineMap.apply`): ``self(x[None])[0]``."""
         x = as_real_tensor(x, "the input")
         if tuple(x.shape) != tuple(self.input_shape):
-            raise ValueError(f"expected one input of shape {self.input_shape}, got "
-                             f"{tuple(x.shape)} (call the map itself on a batch)")
+            raise InvalidInputError(f"expected one input of shape {self.input_shape}, got "
+                                    f"{tuple(x.shape)} (call the map itself on a batch)")
         return self(x[None])[0]
 
     def to(self, dtype: torch.dtype | None = None, device: Any = None) -> "AffineMap":
@@ -135,11 +136,11 @@ def apply_affine(W: torch.Tensor, B: torch.Tensor, X: Any,
     X = as_real_tensor(X, "the input")
     if input_shape is not None:
         if X.dim() == 0 or tuple(X.shape[1:]) != tuple(input_shape):
-            raise ValueError(f"input of shape {tuple(X.shape)}: expected (batch, "
-                             f"{', '.join(map(str, input_shape))})")
+            raise InvalidInputError(f"input of shape {tuple(X.shape)}: expected (batch, "
+                                    f"{', '.join(map(str, input_shape))})")
     elif X.dim() == 0 or X[0].numel() != W.shape[1]:
-        raise ValueError(f"input of shape {tuple(X.shape)} does not flatten to batches of "
-                         f"{W.shape[1]} (the map's input size)")
+        raise InvalidInputError(f"input of shape {tuple(X.shape)} does not flatten to batches of "
+                                f"{W.shape[1]} (the map's input size)")
     if X.dtype != W.dtype or X.device != W.device:
         X = X.to(dtype=W.dtype, device=W.device)
     Y = torch.addmm(B, X.reshape(X.shape[0], W.shape[1]), W.t())
@@ -200,11 +201,11 @@ def as_function(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
     """
     if not isinstance(f, nn.Module):
         if not callable(f):
-            raise TypeError(f"f must be an nn.Module or a callable, got {type(f).__name__}")
+            raise InvalidTypeError(f"f must be an nn.Module or a callable, got {type(f).__name__}")
         return f
     if any(m.training for m in f.modules()):
-        raise ValueError(f"{type(f).__name__} is in training mode (batch norm would use batch "
-                         "statistics); call .eval() before extracting its affine map")
+        raise InvalidInputError(f"{type(f).__name__} is in training mode (batch norm would use batch "
+                                "statistics); call .eval() before extracting its affine map")
     cache: dict = _WORKSPACES.setdefault(f, {}) if workspace else {}
     state: dict[str, torch.Tensor] = {}
     for name, t in list(f.named_parameters()) + list(f.named_buffers()):
@@ -311,16 +312,20 @@ def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, input_
     NaN/Inf weights or results (ValueError), a non-floating ``dtype`` (TypeError) and an
     ``input_shape`` that is not positive integers or on which ``f`` fails (ValueError).
     """
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} not in {METHODS}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise InvalidInputError(f"method {method!r} not in {METHODS}")
+    check = bool_arg(check, "check")
+    device = _check_device(device)
+    gemm_conv = bool_arg(gemm_conv, "gemm_conv")
+    refuse_nonlinear_modules = bool_arg(refuse_nonlinear_modules, "refuse_nonlinear_modules")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
-        raise TypeError(f"chunk_size must be an int, got {chunk_size!r}")
+        raise InvalidTypeError(f"chunk_size must be an int, got {chunk_size!r}")
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InvalidInputError(f"chunk_size must be >= 1, got {chunk_size}")
     input_shape = _check_in_shape(input_shape)
     _check_dtype(dtype)
     if not isinstance(f, nn.Module) and not callable(f):
-        raise TypeError(f"f must be an nn.Module or a callable, got {type(f).__name__}")
+        raise InvalidTypeError(f"f must be an nn.Module or a callable, got {type(f).__name__}")
     if refuse_nonlinear_modules:
         found = _nonlinear_modules(f)
         if found:
@@ -340,6 +345,22 @@ def extract_affine(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, input_
         return _extract(f, input_shape, method, dtype, device, chunk_size, check, budget)
 
 
+def _check_device(device: Any) -> torch.device | None:
+    """``None`` or a usable torch device (``'cpu'``, ``torch.device('cpu')``, ...)."""
+    if device is None:
+        return None
+    if isinstance(device, (bool, np.bool_)) or not isinstance(device, (str, int, torch.device)):
+        raise InvalidTypeError(f"device must be None, a device name such as 'cpu' or a "
+                               f"torch.device, got {describe(device)}")
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise InvalidInputError(f"device {describe(device)} is not usable here ({detail})") from None
+    return device
+
+
 def _check_in_shape(input_shape: Any) -> tuple[int, ...]:
     """``input_shape`` as a tuple of positive ints (the input shape without the batch)."""
     if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
@@ -347,21 +368,21 @@ def _check_in_shape(input_shape: Any) -> tuple[int, ...]:
     try:
         items = tuple(input_shape)
     except TypeError:
-        raise TypeError(f"input_shape must be a sequence of positive ints (the input shape "
-                        f"without the batch), got {input_shape!r}") from None
+        raise InvalidTypeError(f"input_shape must be a sequence of positive ints (the input shape "
+                               f"without the batch), got {input_shape!r}") from None
     if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in items):
-        raise TypeError(f"input_shape must be a sequence of positive ints (the input shape "
-                        f"without the batch), got {input_shape!r}")
+        raise InvalidTypeError(f"input_shape must be a sequence of positive ints (the input shape "
+                               f"without the batch), got {input_shape!r}")
     if not items or any(v <= 0 for v in items):
-        raise ValueError(f"input_shape must be a non-empty sequence of positive ints, got {items}")
+        raise InvalidInputError(f"input_shape must be a non-empty sequence of positive ints, got {items}")
     return tuple(int(v) for v in items)
 
 
 def _check_dtype(dtype: Any) -> None:
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch floating dtype (e.g. torch.float64), got {dtype!r}")
+        raise InvalidTypeError(f"dtype must be a torch floating dtype (e.g. torch.float64), got {dtype!r}")
     if dtype.is_complex or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be floating point (torch.float64 or torch.float32), got {dtype}")
+        raise InvalidTypeError(f"dtype must be floating point (torch.float64 or torch.float32), got {dtype}")
 
 
 def _non_finite(f: Any, what: str) -> ValueError:
@@ -374,16 +395,16 @@ def _non_finite(f: Any, what: str) -> ValueError:
     cause = (f"NaN/Inf in the module's weights: {', '.join(bad[:5])}"
              + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")) if bad \
         else "NaN/Inf produced by f (an overflow, or non-finite constants)"
-    return ValueError(f"{what} has non-finite entries ({cause}); NaN/Inf are refused")
+    return InvalidInputError(f"{what} has non-finite entries ({cause}); NaN/Inf are refused")
 
 
 def _check_output(out: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"f must return a torch.Tensor, got {type(out).__name__} for an input "
-                        f"of shape (1, {', '.join(map(str, input_shape))})")
+        raise InvalidTypeError(f"f must return a torch.Tensor, got {type(out).__name__} for an input "
+                               f"of shape (1, {', '.join(map(str, input_shape))})")
     if not out.is_floating_point():
-        raise TypeError(f"f must return a floating-point tensor, got {out.dtype} (an integer "
-                        "or boolean output is not an affine function of its input)")
+        raise InvalidTypeError(f"f must return a floating-point tensor, got {out.dtype} (an integer "
+                               "or boolean output is not an affine function of its input)")
     return out
 
 
@@ -411,13 +432,13 @@ def _extract(f: Callable[[torch.Tensor], torch.Tensor] | nn.Module, input_shape:
             with torch.no_grad():
                 out0 = first(x0)
     except (RuntimeError, IndexError, AttributeError, NotImplementedError) as exc:
-        raise ValueError(f"evaluating f on an input of shape (1, {', '.join(map(str, input_shape))}) "
-                         f"in {str(dtype).removeprefix('torch.')} failed: {exc}") from exc
+        raise InvalidInputError(f"evaluating f on an input of shape (1, {', '.join(map(str, input_shape))}) "
+                                f"in {str(dtype).removeprefix('torch.')} failed: {exc}") from exc
     out0 = out0.detach()
     if not bool(torch.isfinite(out0).all()):
         raise _non_finite(f, "f(0) = B")
     if out0.dim() == 0 or out0.shape[0] != 1:
-        raise ValueError(f"f must keep the batch dimension: (1, *{input_shape}) gave {tuple(out0.shape)}")
+        raise InvalidInputError(f"f must keep the batch dimension: (1, *{input_shape}) gave {tuple(out0.shape)}")
     output_shape = tuple(out0.shape[1:])
     n_out = math.prod(output_shape)
     if method == "auto":

@@ -24,8 +24,10 @@ from typing import Mapping, Sequence
 
 from scipy.fft import next_fast_len
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError, UnknownNameError
+from ..algebra.validate import int_arg, sequence_arg
 from .kernels import KernelOperator
-from .memory import format_bytes, memory_budget
+from .memory import format_bytes, resolve_budget
 
 __all__ = ["Machine", "MethodCost", "CostReport", "estimate_costs", "fft_grid", "METHODS"]
 
@@ -83,7 +85,7 @@ class CostReport:
         for cost in self.costs:
             if cost.method == method:
                 return cost
-        raise KeyError(f"no cost for method {method!r}; have {[c.method for c in self.costs]}")
+        raise UnknownNameError(f"no cost for method {method!r}; have {[c.method for c in self.costs]}")
 
     @property
     def collapse_pays(self) -> bool | None:
@@ -225,25 +227,26 @@ def estimate_costs(op: KernelOperator, input_size: Sequence[int], *, padding: st
     ``op`` on inputs of size ``(batch, C_in, *n)``; the report names the cheapest method
     within the memory budget."""
     if not isinstance(op, KernelOperator):
-        raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
-    try:
-        size = tuple(int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise TypeError(f"input size must be a sequence of ints (batch, {op.in_channels}, "
-                        f"*n), got {input_size!r}") from None
+        raise InvalidTypeError(f"expected a KernelOperator, got {type(op).__name__}")
+    expected = f"a sequence of ints (batch, {op.in_channels}, *n)"
+    size = tuple(int_arg(v, "input_size") for v in
+                 sequence_arg(input_size, "input_size", expected=expected))
     if len(size) != op.ndim + 2 or size[1] != op.in_channels:
-        raise ValueError(f"input size must be (batch, {op.in_channels}, {'n, ' * op.ndim}...)"
-                         f" for this operator, got {size}")
+        raise InvalidInputError(f"input_size: the input size must be (batch, {op.in_channels}, {'n, ' * op.ndim}...)"
+                                f" for this operator, got {size}")
     if any(v <= 0 for v in size):
-        raise ValueError(f"input size must be positive (batch >= 1, every spatial size >= 1), "
-                         f"got {size}")
-    if padding not in ("zeros", "circular"):
-        raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
+        raise InvalidInputError(f"input_size: the input size must be positive (batch >= 1, every spatial size >= 1), "
+                                f"got {size}")
+    if not isinstance(padding, str) or padding not in ("zeros", "circular"):
+        raise InvalidInputError(f"padding must be 'zeros' or 'circular', got {padding!r}")
+    if layers is not None:
+        layers = sequence_arg(layers, "layers", expected="a sequence of KernelOperators",
+                              nonempty=False)
     for i, layer in enumerate(layers or ()):
         if not isinstance(layer, KernelOperator):
-            raise TypeError(f"layers[{i}] must be a KernelOperator, got {type(layer).__name__}")
+            raise InvalidTypeError(f"layers[{i}] must be a KernelOperator, got {type(layer).__name__}")
     machine = machine or Machine()
-    budget = memory_budget() if budget is None else int(budget)
+    budget = resolve_budget(budget)
     batch, sizes = size[0], size[2:]
     costs = [_direct(op, batch, sizes, padding, "direct", machine)[0],
              _fft(op, batch, sizes, padding, machine, budget),

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError
+from ..algebra.validate import instance_arg, shape_arg
 from .affine import extract_affine
 from .cost import METHODS, CostReport, Machine, estimate_costs, fft_grid
 from .inputs import as_real_tensor
@@ -36,7 +38,7 @@ def _as_input(op: KernelOperator, x: object, sizes: Sequence[int] | None = None)
     """``x`` as a real floating tensor of shape ``(batch, C_in, *n)`` (numpy accepted;
     integers become the operator's dtype), else a ValueError naming the expected shape."""
     if not isinstance(op, KernelOperator):
-        raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
+        raise InvalidTypeError(f"expected a KernelOperator, got {type(op).__name__}")
     x = as_real_tensor(x, "the input")
     if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64):
         x = x.to(op.dtype)
@@ -44,12 +46,12 @@ def _as_input(op: KernelOperator, x: object, sizes: Sequence[int] | None = None)
     expected = f"(batch, {op.in_channels}, {spatial})"
     if x.ndim != op.ndim + 2 or x.shape[1] != op.in_channels \
             or (sizes is not None and tuple(x.shape[2:]) != tuple(sizes)):
-        raise ValueError(f"input of shape {tuple(x.shape)}: this {op.ndim}-D operator takes "
-                         f"{op.in_channels} channels, expected {expected}"
-                         + (" (add the batch axis with x.unsqueeze(0))"
+        raise InvalidInputError(f"input of shape {tuple(x.shape)}: this {op.ndim}-D operator takes "
+                                f"{op.in_channels} channels, expected {expected}"
+                                + (" (add the batch axis with x.unsqueeze(0))"
                             if x.ndim == op.ndim + 1 else ""))
     if any(m == 0 for m in x.shape[2:]):
-        raise ValueError(f"input of shape {tuple(x.shape)} has an empty spatial axis")
+        raise InvalidInputError(f"input of shape {tuple(x.shape)} has an empty spatial axis")
     return x
 
 
@@ -76,10 +78,10 @@ class DirectConv(nn.Module):
     def __init__(self, op: KernelOperator, sizes: Sequence[int], padding: str = "zeros"):
         super().__init__()
         if not isinstance(op, KernelOperator):
-            raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
-        if padding not in ("zeros", "circular"):
-            raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
-        sizes = tuple(int(v) for v in sizes)
+            raise InvalidTypeError(f"expected a KernelOperator, got {type(op).__name__}")
+        if not isinstance(padding, str) or padding not in ("zeros", "circular"):
+            raise InvalidInputError(f"padding must be 'zeros' or 'circular', got {padding!r}")
+        sizes = shape_arg(sizes, "sizes", length=op.ndim, example="(28, 28)")
         op.output_shape(sizes, padding)  # checks the window (and circular divisibility)
         w = (op.mod_circular(sizes) if padding == "circular" else op).to_weight()
         self.register_buffer("weight", w.weight)
@@ -111,9 +113,9 @@ def conv_window(op: KernelOperator, x: torch.Tensor, out_size: Sequence[int]) ->
     its window: the zero-extended semantics of :func:`algebra.collapse`, on any output window
     (one padded ``conv{n}d``; ``to_weight`` gives ``y[i] = sum_a w[a] x[s i + a - p]``)."""
     x = _as_input(op, x)
-    out_size = tuple(int(v) for v in out_size)
+    out_size = shape_arg(out_size, "out_size", example="(28, 28)")
     if len(out_size) != op.ndim or min(out_size) < 1:
-        raise ValueError(f"out_size must be {op.ndim} positive sizes, got {out_size}")
+        raise InvalidInputError(f"out_size must be {op.ndim} positive sizes, got {out_size}")
     w = op.to_weight()
     pads: list[int] = []
     for n, s, L, p, k in reversed(list(zip(x.shape[2:], w.stride, out_size, w.padding,
@@ -163,7 +165,7 @@ def conv_fft(op: KernelOperator, x: torch.Tensor, padding: str = "zeros") -> tor
     """``op`` applied through real FFTs (one-off; :class:`OperatorEvaluator` keeps the kernel
     spectrum)."""
     if padding not in ("zeros", "circular"):
-        raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
+        raise InvalidInputError(f"padding must be 'zeros' or 'circular', got {padding!r}")
     x = _as_input(op, x)
     return _fft_apply(op, _kernel_spectrum(op.to(x.dtype), tuple(x.shape[2:]), padding), x, padding)
 
@@ -174,7 +176,8 @@ def dense_matrix(op: KernelOperator, sizes: Sequence[int], padding: str = "zeros
     ``y.flatten() = W x.flatten() + b``, shape ``(C_out prod(out), C_in prod(n))``, found by
     :func:`numeric.affine.extract_affine` on :class:`DirectConv` (in the operator's dtype;
     the memory guard refuses before ``W`` is allocated)."""
-    sizes = tuple(int(v) for v in sizes)
+    instance_arg(op, KernelOperator, "op", "a KernelOperator")
+    sizes = shape_arg(sizes, "sizes", length=op.ndim, example="(28, 28)")
     module = DirectConv(op.linear_part(), sizes, padding).eval()
     return extract_affine(module, (op.in_channels, *sizes), dtype=op.dtype, budget=budget).W
 
@@ -189,10 +192,10 @@ def _check_layers(op: KernelOperator, layers: Sequence[KernelOperator], sizes: S
     stride = tuple(prod(col) for col in zip(*(layer.stride for layer in layers)))
     if (layers[0].in_channels, layers[-1].out_channels) != (op.in_channels, op.out_channels) \
             or stride != op.stride or n != op.output_shape(sizes, padding):
-        raise ValueError(f"the layers map {layers[0].in_channels} channels to "
-                         f"{layers[-1].out_channels} with stride {stride} and output {n}; the "
-                         f"operator maps {op.in_channels} to {op.out_channels} with stride "
-                         f"{op.stride} and output {op.output_shape(sizes, padding)}")
+        raise InvalidInputError(f"the layers map {layers[0].in_channels} channels to "
+                                f"{layers[-1].out_channels} with stride {stride} and output {n}; the "
+                                f"operator maps {op.in_channels} to {op.out_channels} with stride "
+                                f"{op.stride} and output {op.output_shape(sizes, padding)}")
 
 
 class OperatorEvaluator(nn.Module):
@@ -206,16 +209,16 @@ class OperatorEvaluator(nn.Module):
                  budget: int | None = None, machine: Machine | None = None):
         super().__init__()
         if not isinstance(op, KernelOperator):
-            raise TypeError(f"expected a KernelOperator, got {type(op).__name__}")
+            raise InvalidTypeError(f"expected a KernelOperator, got {type(op).__name__}")
         self.op = op
         self.padding = padding
-        self.sizes = tuple(int(v) for v in input_size)[2:]
         self.report: CostReport = estimate_costs(op, input_size, padding=padding, layers=layers,
                                                   budget=budget, machine=machine)
+        self.sizes = tuple(int(v) for v in input_size)[2:]
         if method is not None and method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise InvalidInputError(f"method must be one of {METHODS}, got {method!r}")
         if method == "layers" and not layers:
-            raise ValueError("method='layers' needs the original layers (layers=[...])")
+            raise InvalidInputError("method='layers' needs the original layers (layers=[...])")
         self.method = method or self.report.chosen
         self.layers = tuple(layers or ())
         self.output_shape = op.output_shape(self.sizes, padding)
@@ -238,10 +241,10 @@ class OperatorEvaluator(nn.Module):
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != (self.op.in_channels, *self.sizes):
             try:
                 x = _as_input(self.op, x, self.sizes)
-            except ValueError:
-                raise ValueError(f"this evaluator was built for inputs (batch, "
-                                 f"{self.op.in_channels}, {', '.join(map(str, self.sizes))}), "
-                                 f"got {tuple(x.shape)}") from None
+            except InvalidInputError:
+                raise InvalidInputError(f"this evaluator was built for inputs (batch, "
+                                        f"{self.op.in_channels}, {', '.join(map(str, self.sizes))}), "
+                                        f"got {tuple(x.shape)}") from None
         elif x.is_complex() or not x.is_floating_point():
             x = _as_input(self.op, x, self.sizes)
         if self.method == "fft":

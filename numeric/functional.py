@@ -5,6 +5,8 @@ from typing import Callable
 
 import torch.nn.functional as F
 
+from ..algebra.errors import InvalidInputError
+
 __all__ = ["conv_nd", "conv_transpose_nd", "avg_pool_nd"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -16,7 +18,7 @@ def _lookup(table: dict[int, Callable], ndim: int, what: str) -> Callable:
     try:
         return table[ndim]
     except KeyError:
-        raise ValueError(f"{what} exists for 1, 2 or 3 spatial axes, not {ndim}") from None
+        raise InvalidInputError(f"{what} exists for 1, 2 or 3 spatial axes, not {ndim}") from None
 
 
 def conv_nd(ndim: int) -> Callable:

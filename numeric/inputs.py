@@ -16,6 +16,7 @@ import numpy as np
 import sympy
 import torch
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError
 from ..algebra.exact import round_rational
 from ..algebra.laurent import per_axis
 
@@ -30,10 +31,10 @@ def as_real_tensor(value: Any, what: str = "the input") -> torch.Tensor:
         try:
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"{what} must be a tensor or a numeric array, got "
-                            f"{type(value).__name__} ({exc})") from None
+            raise InvalidTypeError(f"{what} must be a tensor or a numeric array, got "
+                                   f"{type(value).__name__} ({exc})") from None
     if value.is_complex():
-        raise TypeError(f"{what} is complex ({value.dtype}); only real data are supported")
+        raise InvalidTypeError(f"{what} is complex ({value.dtype}); only real data are supported")
     return value
 
 
@@ -45,17 +46,17 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 def check_float_dtype(dtype: Any, what: str = "dtype") -> torch.dtype:
     """``dtype`` if it is ``torch.float32`` or ``torch.float64``, else a clear TypeError."""
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"{what} must be a torch dtype (torch.float32 or torch.float64), "
-                        f"got {dtype!r}")
+        raise InvalidTypeError(f"{what} must be a torch dtype (torch.float32 or torch.float64), "
+                               f"got {dtype!r}")
     if dtype.is_complex:
-        raise TypeError(f"{what} {dtype}: complex weights not supported (the operators are "
-                        "real); pass torch.float32 or torch.float64")
+        raise InvalidTypeError(f"{what} {dtype}: complex weights not supported (the operators are "
+                               "real); pass torch.float32 or torch.float64")
     if not dtype.is_floating_point:
-        raise TypeError(f"{what} must be floating point (torch.float32 or torch.float64), "
-                        f"got {dtype}")
+        raise InvalidTypeError(f"{what} must be floating point (torch.float32 or torch.float64), "
+                               f"got {dtype}")
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{what} {dtype} is not supported (no CPU FFT/float kernels for it); "
-                        "use torch.float32 or torch.float64")
+        raise InvalidTypeError(f"{what} {dtype} is not supported (no CPU FFT/float kernels for it); "
+                               "use torch.float32 or torch.float64")
     return dtype
 
 
@@ -65,21 +66,25 @@ def as_float_tensor(value: Any, dtype: torch.dtype | None, what: str = "coeffici
     booleans become float64).  Complex and non-numeric input is refused (TypeError)."""
     if isinstance(value, torch.Tensor):
         if value.is_complex():
-            raise TypeError(f"{what}: complex weights not supported (got a {value.dtype} "
-                            "tensor); pass the real part explicitly if that is what you mean")
+            raise InvalidTypeError(f"{what}: complex weights not supported (got a {value.dtype} "
+                                   "tensor); pass the real part explicitly if that is what you mean")
         if dtype is None:
             dtype = value.dtype if value.dtype in FLOAT_DTYPES else \
                 torch.float32 if value.is_floating_point() else torch.float64
         return value.detach().to(dtype=dtype, copy=True)
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # a ragged nested list
+        raise InvalidInputError(f"{what} must be a rectangular array (tensor, numpy array or "
+                                f"nested lists of equal lengths): {exc}") from None
     if array.dtype.kind == "c":
-        raise TypeError(f"{what}: complex weights not supported (got a {array.dtype} array)")
+        raise InvalidTypeError(f"{what}: complex weights not supported (got a {array.dtype} array)")
     if array.dtype.kind not in "biuf":
         try:
             array = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{what} must be real numbers, got an array of {array.dtype} "
-                            f"({exc})") from None
+            raise InvalidTypeError(f"{what} must be real numbers, got an array of {array.dtype} "
+                                   f"({exc})") from None
     if dtype is None:
         dtype = torch.float32 if array.dtype in (np.float32, np.float16) else torch.float64
     return torch.from_numpy(np.array(array, dtype=np.float64)).to(dtype)
@@ -88,22 +93,22 @@ def as_float_tensor(value: Any, dtype: torch.dtype | None, what: str = "coeffici
 def check_finite_tensor(t: torch.Tensor, what: str) -> None:
     if t.numel() and not bool(torch.isfinite(t).all()):
         bad = tuple(int(i) for i in torch.nonzero(~torch.isfinite(t))[0])
-        raise ValueError(f"{what} has a non-finite value {t[bad].item()} at index {bad}; "
-                         "NaN/Inf weights are refused")
+        raise InvalidInputError(f"{what} has a non-finite value {t[bad].item()} at index {bad}; "
+                                "NaN/Inf weights are refused")
 
 
 def int_tuple(value: Any, ndim: int, name: str) -> tuple[int, ...]:
     """One integer per axis (an int broadcasts), else a clear ValueError/TypeError."""
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}")
+        raise InvalidTypeError(f"{name} must be an int or {ndim} ints, got {value!r}")
     if not isinstance(value, (int, np.integer)):
         try:
             items = list(value)
         except TypeError:
-            raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}") from None
+            raise InvalidTypeError(f"{name} must be an int or {ndim} ints, got {value!r}") from None
         if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
                for v in items):
-            raise TypeError(f"{name} must be an int or {ndim} ints, got {value!r}")
+            raise InvalidTypeError(f"{name} must be an int or {ndim} ints, got {value!r}")
     return per_axis(value, ndim, name)
 
 
@@ -111,7 +116,7 @@ def positive_ints(value: Any, ndim: int, name: str) -> tuple[int, ...]:
     """One positive integer per axis (an int broadcasts), else a clear ValueError/TypeError."""
     out = int_tuple(value, ndim, name)
     if any(v <= 0 for v in out):
-        raise ValueError(f"{name} must be positive, got {out}")
+        raise InvalidInputError(f"{name} must be positive, got {out}")
     return out
 
 
@@ -126,7 +131,7 @@ def rounded_tensor(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
     array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
     if array.dtype != object:
         if array.dtype.kind == "c":
-            raise TypeError(f"{what}: complex weights not supported")
+            raise InvalidTypeError(f"{what}: complex weights not supported")
         t = torch.from_numpy(np.array(array, dtype=np.float64))
         check_finite_tensor(t, what)
         return t.to(dtype)  # float64 (or narrower) values: one rounding
@@ -135,16 +140,16 @@ def rounded_tensor(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
     for i, v in enumerate(array.flat):
         if isinstance(v, sympy.Basic):
             if v.free_symbols:
-                raise ValueError(f"{what} is symbolic ({v}); substitute numbers first")
+                raise InvalidInputError(f"{what} is symbolic ({v}); substitute numbers first")
             if not v.is_Rational:
                 v = float(v)  # an irrational constant: one rounding to float64
         if isinstance(v, (float, np.floating)):
             if not np.isfinite(v):
-                raise ValueError(f"{what} has a non-finite value {v}; NaN/Inf weights are refused")
+                raise InvalidInputError(f"{what} has a non-finite value {v}; NaN/Inf weights are refused")
             flat[i] = np_dtype(v)
             continue
         if isinstance(v, (complex, np.complexfloating)):
-            raise TypeError(f"{what}: complex weights not supported")
+            raise InvalidTypeError(f"{what}: complex weights not supported")
         if isinstance(v, (int, np.integer)):
             v = Fraction(int(v))
         elif isinstance(v, sympy.Rational):
@@ -153,9 +158,9 @@ def rounded_tensor(values: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
             try:
                 v = Fraction(v)
             except (TypeError, ValueError):
-                raise TypeError(f"{what} has a non-numeric entry {v!r}") from None
+                raise InvalidTypeError(f"{what} has a non-numeric entry {v!r}") from None
         try:
             flat[i] = round_rational(v, np_dtype)
         except ValueError as exc:
-            raise ValueError(f"{what}: {exc}") from None
+            raise InvalidInputError(f"{what}: {exc}") from None
     return torch.from_numpy(out)

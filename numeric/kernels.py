@@ -29,11 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError
+from ..algebra.validate import int_arg
 from ..algebra import ConvOperator, TorchLayout, exact_rational
 from ..algebra.channels import channel_index
 from ..algebra.layout import default_ring, same_padding
 from ..algebra.laurent import per_axis
-from ..algebra.memory import check_budget, estimate_bytes
+from ..algebra.memory import EXACT_TERM_BYTES, check_budget, estimate_bytes
 from .inputs import (FLOAT_DTYPES, as_float_tensor, check_finite_tensor, check_float_dtype,
                      int_tuple, positive_ints, rounded_tensor)
 from .polymatmul import inflate, polymatmul, spatial_axes
@@ -42,7 +44,6 @@ __all__ = ["KernelOperator", "block_diag", "vstack"]
 
 #: rough bytes per exact coefficient (a sympy Rational in a polynomial's dict), for the
 #: memory guard of :meth:`KernelOperator.to_algebra`
-_EXACT_ENTRY_BYTES = 256
 
 
 class KernelOperator:
@@ -61,18 +62,18 @@ class KernelOperator:
         if not isinstance(coeffs, torch.Tensor):
             coeffs = as_float_tensor(coeffs, dtype or torch.float64)
         elif coeffs.is_complex():
-            raise TypeError(f"complex weights not supported (got a {coeffs.dtype} coefficient "
-                            "tensor); KernelOperator holds real kernels")
+            raise InvalidTypeError(f"complex weights not supported (got a {coeffs.dtype} coefficient "
+                                   "tensor); KernelOperator holds real kernels")
         elif dtype is not None and coeffs.dtype != dtype:
             coeffs = coeffs.to(dtype)
         elif coeffs.dtype not in FLOAT_DTYPES:
             # exact widening: integers/booleans to float64, float16/bfloat16 to float32
             coeffs = coeffs.to(torch.float32 if coeffs.is_floating_point() else torch.float64)
         if coeffs.ndim not in (3, 4, 5):
-            raise ValueError(f"coefficients must have shape (C_out, C_in, *kernel) with 1-3 "
-                             f"spatial axes, got {tuple(coeffs.shape)}")
+            raise InvalidInputError(f"coefficients must have shape (C_out, C_in, *kernel) with 1-3 "
+                                    f"spatial axes, got {tuple(coeffs.shape)}")
         if min(coeffs.shape) == 0:
-            raise ValueError(f"empty coefficient tensor of shape {tuple(coeffs.shape)}")
+            raise InvalidInputError(f"empty coefficient tensor of shape {tuple(coeffs.shape)}")
         ndim = coeffs.ndim - 2
         stride = positive_ints(stride, ndim, "stride")
         check_finite_tensor(coeffs, "coeffs")
@@ -82,7 +83,7 @@ class KernelOperator:
             bias = as_float_tensor(bias, coeffs.dtype, "bias") if not isinstance(bias, torch.Tensor) \
                 or bias.is_complex() else bias.detach().to(coeffs)
             if bias.shape != (coeffs.shape[0],):
-                raise ValueError(f"bias must have shape ({coeffs.shape[0]},), got {tuple(bias.shape)}")
+                raise InvalidInputError(f"bias must have shape ({coeffs.shape[0]},), got {tuple(bias.shape)}")
             check_finite_tensor(bias, "bias")
         for name, value in (("coeffs", coeffs.detach()), ("low", int_tuple(low, ndim, "low")),
                             ("stride", stride), ("bias", bias.detach())):
@@ -102,7 +103,7 @@ class KernelOperator:
         up-sampling operators, exist only on the exact side)."""
         w = as_float_tensor(weight, check_float_dtype(dtype), "weight")
         if w.ndim not in (3, 4, 5):
-            raise ValueError(f"weight must have shape (C_out, C_in/groups, *kernel), got {tuple(w.shape)}")
+            raise InvalidInputError(f"weight must have shape (C_out, C_in/groups, *kernel), got {tuple(w.shape)}")
         check_finite_tensor(w, "weight")
         ndim = w.ndim - 2
         stride = per_axis(stride, ndim, "stride")
@@ -114,13 +115,14 @@ class KernelOperator:
             elif padding == "same" and all(s == 1 for s in stride):
                 padding = same_padding(k, dilation)
             else:
-                raise ValueError(f"padding must be an int, a tuple, 'valid' or (stride 1) "
-                                 f"'same', got {padding!r}")
+                raise InvalidInputError(f"padding must be an int, a tuple, 'valid' or (stride 1) "
+                                        f"'same', got {padding!r}")
         padding = per_axis(padding, ndim, "padding")
         if any(p < 0 for p in padding) or any(d <= 0 for d in dilation):
-            raise ValueError(f"need padding >= 0 and dilation >= 1, got {padding}, {dilation}")
-        if groups < 1 or w.shape[0] % groups:
-            raise ValueError(f"groups={groups} must divide the weight's first axis ({w.shape[0]})")
+            raise InvalidInputError(f"need padding >= 0 and dilation >= 1, got {padding}, {dilation}")
+        groups = int_arg(groups, "groups", minimum=1)
+        if w.shape[0] % groups:
+            raise InvalidInputError(f"groups={groups} must divide the weight's first axis ({w.shape[0]})")
         c_out, ipg = w.shape[0], w.shape[1]
         opg = c_out // groups
         dense = w.new_zeros((c_out, ipg * groups, *k))
@@ -139,12 +141,12 @@ class KernelOperator:
                  dtype: torch.dtype = torch.float64) -> "KernelOperator":
         """``K = I`` (a skip connection)."""
         if isinstance(channels, (bool, np.bool_)) or not isinstance(channels, (int, np.integer)):
-            raise TypeError(f"channels must be an int, got {channels!r}")
+            raise InvalidTypeError(f"channels must be an int, got {channels!r}")
         if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
+            raise InvalidInputError(f"channels must be >= 1, got {channels}")
         if isinstance(ndim, (bool, np.bool_)) or not isinstance(ndim, (int, np.integer)) \
                 or ndim not in (1, 2, 3):
-            raise ValueError(f"ndim must be 1, 2 or 3 (spatial axes), got {ndim!r}")
+            raise InvalidInputError(f"ndim must be 1, 2 or 3 (spatial axes), got {ndim!r}")
         channels, ndim = int(channels), int(ndim)
         eye = torch.eye(channels, dtype=check_float_dtype(dtype)).reshape(channels, channels, *(1,) * ndim)
         return cls(eye, 0)
@@ -154,14 +156,14 @@ class KernelOperator:
                      dtype: torch.dtype = torch.float64) -> "KernelOperator":
         """The exact operator's coefficients, each rounded once (correctly) to ``dtype``."""
         if not isinstance(op, ConvOperator):
-            raise TypeError(f"expected an algebra ConvOperator, got {type(op).__name__}")
+            raise InvalidTypeError(f"expected an algebra ConvOperator, got {type(op).__name__}")
         check_float_dtype(dtype)
         if any(u != 1 for u in op.upsample):
-            raise ValueError(f"up-sampling {op.upsample} (a transposed convolution) has no "
-                             "KernelOperator form; compose it into a strided operator first")
+            raise InvalidInputError(f"up-sampling {op.upsample} (a transposed convolution) has no "
+                                    "KernelOperator form; compose it into a strided operator first")
         if op.free_symbols:
-            raise ValueError(f"the operator has symbolic weights {sorted(map(str, op.free_symbols))}; "
-                             "substitute numbers with ConvOperator.subs first")
+            raise InvalidInputError(f"the operator has symbolic weights {sorted(map(str, op.free_symbols))}; "
+                                    "substitute numbers with ConvOperator.subs first")
         box = op.support() or ((0,) * op.ndim, (0,) * op.ndim)
         low, high = box
         shape = (*op.shape, *(h - l + 1 for l, h in zip(low, high)))
@@ -181,7 +183,7 @@ class KernelOperator:
     def to_algebra(self) -> ConvOperator:
         """The exact operator over ``QQ``: every float becomes its exact rational value."""
         nonzeros = int(torch.count_nonzero(self.coeffs)) + self.out_channels
-        check_budget(nonzeros * _EXACT_ENTRY_BYTES,
+        check_budget(nonzeros * EXACT_TERM_BYTES,
                      f"the exact form of a {self.out_channels}x{self.in_channels} operator with "
                      f"{nonzeros} nonzero coefficients")
         ring = default_ring(self.ndim)
@@ -274,16 +276,16 @@ class KernelOperator:
         n = per_axis(sizes, self.ndim, "sizes")
         if padding == "circular":
             if any(m % s for m, s in zip(n, self.stride)):
-                raise ValueError(f"circular padding needs each stride {self.stride} to divide "
-                                 f"the size {n}")
+                raise InvalidInputError(f"circular padding needs each stride {self.stride} to divide "
+                                        f"the size {n}")
             return tuple(m // s for m, s in zip(n, self.stride))
         if padding != "zeros":
-            raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
+            raise InvalidInputError(f"padding must be 'zeros' or 'circular', got {padding!r}")
         out = tuple((m - 1 + max(h, 0) + l) // s + 1
                     for m, h, l, s in zip(n, self.high, self.low, self.stride))
         if any(o <= 0 for o in out):
-            raise ValueError(f"input size {n} is smaller than the kernel's reach "
-                             f"{self.kernel_size}: no output position")
+            raise InvalidInputError(f"input size {n} is smaller than the kernel's reach "
+                                    f"{self.kernel_size}: no output position")
         return out
 
     # -- algebra --------------------------------------------------------------------------
@@ -294,12 +296,12 @@ class KernelOperator:
         ``b = K_self(1) b_inner + b_self``.  Refuses before allocating when the composed
         kernel exceeds the memory budget."""
         if not isinstance(inner, KernelOperator):
-            raise TypeError(f"expected a KernelOperator, got {type(inner).__name__}")
+            raise InvalidTypeError(f"expected a KernelOperator, got {type(inner).__name__}")
         if self.ndim != inner.ndim:
-            raise ValueError(f"cannot compose a {self.ndim}-D operator with a {inner.ndim}-D one")
+            raise InvalidInputError(f"cannot compose a {self.ndim}-D operator with a {inner.ndim}-D one")
         if self.in_channels != inner.out_channels:
-            raise ValueError(f"cannot compose: the outer operator takes {self.in_channels} "
-                             f"channels, the inner one gives {inner.out_channels}")
+            raise InvalidInputError(f"cannot compose: the outer operator takes {self.in_channels} "
+                                    f"channels, the inner one gives {inner.out_channels}")
         coeffs = polymatmul(self.coeffs, inner.coeffs, inner.stride, method, budget)
         low = tuple(lo * s + li for lo, s, li in zip(self.low, inner.stride, inner.low))
         stride = tuple(a * b for a, b in zip(self.stride, inner.stride))
@@ -324,11 +326,11 @@ class KernelOperator:
         if not isinstance(other, KernelOperator):
             return NotImplemented
         if self.shape != other.shape or self.ndim != other.ndim:
-            raise ValueError(f"cannot add a {self.ndim}-D {self.shape[0]}x{self.shape[1]} operator "
-                             f"and a {other.ndim}-D {other.shape[0]}x{other.shape[1]} one")
+            raise InvalidInputError(f"cannot add a {self.ndim}-D {self.shape[0]}x{self.shape[1]} operator "
+                                    f"and a {other.ndim}-D {other.shape[0]}x{other.shape[1]} one")
         if self.stride != other.stride:
-            raise ValueError(f"cannot add operators with strides {self.stride} and "
-                             f"{other.stride}: the sum is not one strided convolution")
+            raise InvalidInputError(f"cannot add operators with strides {self.stride} and "
+                                    f"{other.stride}: the sum is not one strided convolution")
         low = tuple(map(min, self.low, other.low))
         size = tuple(max(a, b) - l + 1 for a, b, l in zip(self.high, other.high, low))
         dtype = torch.promote_types(self.dtype, other.dtype)
@@ -351,13 +353,13 @@ class KernelOperator:
         if isinstance(scalar, torch.Tensor) and scalar.numel() == 1:
             scalar = scalar.item()
         if isinstance(scalar, (complex, np.complexfloating)):
-            raise TypeError(f"cannot scale by the complex number {scalar}: complex weights "
-                            "not supported")
+            raise InvalidTypeError(f"cannot scale by the complex number {scalar}: complex weights "
+                                   "not supported")
         if not isinstance(scalar, (numbers.Real, np.integer, np.floating)):
             return NotImplemented
         c = float(scalar)
         if not math.isfinite(c):
-            raise ValueError(f"cannot scale an operator by the non-finite number {c}")
+            raise InvalidInputError(f"cannot scale an operator by the non-finite number {c}")
         return KernelOperator(self.coeffs * c, self.low, self.stride, self.bias * c)
 
     __rmul__ = __mul__
@@ -375,10 +377,10 @@ class KernelOperator:
         """``K(1/z)^T``: channels transposed, every axis reversed, ``low -> -high``.  The
         adjoint of the linear part (a bias has none); stride 1 only."""
         if any(s != 1 for s in self.stride):
-            raise ValueError(f"the adjoint of a stride-{self.stride} operator is an up-sampling "
-                             "(transposed) convolution, which KernelOperator does not represent; "
-                             "use algebra's ConvOperator.adjoint or F.conv_transpose with "
-                             "to_weight()")
+            raise InvalidInputError(f"the adjoint of a stride-{self.stride} operator is an up-sampling "
+                                    "(transposed) convolution, which KernelOperator does not represent; "
+                                    "use algebra's ConvOperator.adjoint or F.conv_transpose with "
+                                    "to_weight()")
         coeffs = self.coeffs.transpose(0, 1).flip(spatial_axes(self.coeffs)).contiguous()
         return KernelOperator(coeffs, tuple(-h for h in self.high), 1)
 
@@ -434,7 +436,7 @@ class KernelOperator:
     def allclose(self, other: "KernelOperator", rtol: float = 1e-5, atol: float = 1e-8) -> bool:
         """Equal strides and, on the union of the supports, close kernels and biases."""
         if not isinstance(other, KernelOperator):
-            raise TypeError(f"expected a KernelOperator, got {type(other).__name__}")
+            raise InvalidTypeError(f"expected a KernelOperator, got {type(other).__name__}")
         if self.shape != other.shape or self.stride != other.stride or self.ndim != other.ndim:
             return False
         low = tuple(map(min, self.low, other.low))
@@ -470,10 +472,10 @@ def _operator_list(operators: Sequence[KernelOperator], name: str) -> list[Kerne
     """A non-empty list of KernelOperators, or a clear error naming ``name``."""
     ops = list(operators)
     if not ops:
-        raise ValueError(f"{name} needs at least one operator")
+        raise InvalidInputError(f"{name} needs at least one operator")
     for op in ops:
         if not isinstance(op, KernelOperator):
-            raise TypeError(f"{name} takes KernelOperators, got {type(op).__name__}")
+            raise InvalidTypeError(f"{name} takes KernelOperators, got {type(op).__name__}")
     return ops
 
 
@@ -481,7 +483,7 @@ def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
     """``diag(A_1, ..., A_g)`` — a grouped convolution (equal strides)."""
     ops = _operator_list(operators, "block_diag")
     if len({(op.stride, op.ndim) for op in ops}) != 1:
-        raise ValueError("block_diag needs operators with equal strides and dimensions")
+        raise InvalidInputError("block_diag needs operators with equal strides and dimensions")
     low, size, dtype = _frame(ops)
     c_out, c_in = sum(op.out_channels for op in ops), sum(op.in_channels for op in ops)
     check_budget(estimate_bytes((c_out, c_in, *size), dtype),
@@ -498,7 +500,7 @@ def vstack(operators: Sequence[KernelOperator]) -> KernelOperator:
     """Channel concatenation ``[A_1; ...; A_k]`` of operators on the same input."""
     ops = _operator_list(operators, "vstack")
     if len({(op.stride, op.ndim, op.in_channels) for op in ops}) != 1:
-        raise ValueError("vstack needs operators with equal strides, dimensions and inputs")
+        raise InvalidInputError("vstack needs operators with equal strides, dimensions and inputs")
     low, size, dtype = _frame(ops)
     c_out = sum(op.out_channels for op in ops)
     check_budget(2 * estimate_bytes((c_out, ops[0].in_channels, *size), dtype),

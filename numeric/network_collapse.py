@@ -15,12 +15,16 @@ import numpy as np
 import sympy
 import torch
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError
 from ..algebra.collapse import CollapseResult, collapse_walk
+from ..algebra.footprint import OperatorShape
+from ..algebra.memory import check_budget, estimate_bytes, memory_limit
 from ..algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
                              Network, Shape, Split)
 
 from .inputs import as_real_tensor, check_float_dtype, rounded_tensor
 from .kernels import KernelOperator, vstack
+from .polymatmul import auto_method, product_workspace_bytes
 
 __all__ = ["NumericCollapse", "collapse_numeric", "affine_numeric"]
 
@@ -69,23 +73,23 @@ class NumericBackend:
             low = tuple(1 - n for n in size)
             return self._diagonal(torch.full((in_shape[0],), weight, dtype=d), size, low, size)
         if isinstance(node, ConvTranspose):
-            raise ValueError("transposed convolutions (up-sampling) have no strided-kernel form "
-                             "in numeric/; use algebra.collapse or the affine map")
+            raise InvalidInputError("transposed convolutions (up-sampling) have no strided-kernel form "
+                                    "in numeric/; use algebra.collapse or the affine map")
         raise TypeError(f"no numeric operator for {type(node).__name__}")
 
     def combine(self, ops: Sequence[KernelOperator], coefficients: Sequence[Any]) -> KernelOperator:
         total = None
         for op, c in zip(ops, coefficients):
             if isinstance(c, sympy.Basic) and c.free_symbols:
-                raise ValueError(f"add coefficient {c} is symbolic: numeric collapse needs "
-                                 "numbers (substitute values, or use algebra.collapse)")
+                raise InvalidInputError(f"add coefficient {c} is symbolic: numeric collapse needs "
+                                        "numbers (substitute values, or use algebra.collapse)")
             try:
                 value = float(c)
             except (TypeError, ValueError):
-                raise ValueError(f"add coefficient {c!r} is not a number: numeric collapse "
-                                 "needs real numbers") from None
+                raise InvalidInputError(f"add coefficient {c!r} is not a number: numeric collapse "
+                                        "needs real numbers") from None
             if not math.isfinite(value):
-                raise ValueError(f"add coefficient {c!r} is not finite; NaN/Inf are refused")
+                raise InvalidInputError(f"add coefficient {c!r} is not finite; NaN/Inf are refused")
             part = op if c == 1 else op * value
             total = part if total is None else total + part
         return total
@@ -104,6 +108,26 @@ class NumericBackend:
     def bias_mask(self, op: KernelOperator) -> np.ndarray:
         return (op.bias != 0).numpy()
 
+    # -- the memory guard's model (algebra.footprint.FootprintModel) ----------------------
+    def operator_bytes(self, shape: OperatorShape) -> int:
+        """A dense ``rows x cols x box`` coefficient tensor and a bias."""
+        return estimate_bytes((shape.rows, shape.cols, *shape.box), self.dtype) + \
+            estimate_bytes((shape.rows,), self.dtype)
+
+    def layer_bytes(self, shape: OperatorShape) -> int:
+        """The layer's kernel, its float64 staging copy and the rounded copy, plus the tap
+        pattern (one bool per coefficient)."""
+        dense = estimate_bytes((shape.rows, shape.cols, *shape.box), torch.float64)
+        return self.operator_bytes(shape) + 2 * dense + dense // 8
+
+    def product_bytes(self, outer: OperatorShape, inner: OperatorShape,
+                      result: OperatorShape) -> int:
+        """:func:`numeric.polymatmul.polymatmul`'s workspace beyond the result."""
+        k_outer = tuple((k - 1) * s + 1 for k, s in zip(outer.box, inner.stride))
+        method = auto_method(k_outer, inner.box, self.dtype)
+        return product_workspace_bytes(outer.rows, outer.cols, inner.cols, k_outer, inner.box,
+                                       self.dtype, method) - self.operator_bytes(result)
+
 
 class NumericCollapse(CollapseResult):
     """A :class:`~algebra.collapse.CollapseResult` whose operator is a float
@@ -114,38 +138,69 @@ class NumericCollapse(CollapseResult):
         """The collapsed operator on a batch ``(B, *input_shape)`` (or one input), on the
         network's output window: equal to the network where ``region`` is True."""
         from .evaluator import conv_direct, conv_window
-        x = as_real_tensor(x, "the input").to(self.operator.dtype)
+        x = as_real_tensor(x, "the input")
         single = x.ndim == len(self.input_shape)
         if tuple(x.shape[int(not single):]) != tuple(self.input_shape):
-            raise ValueError(f"expected inputs of shape {self.input_shape}, got {tuple(x.shape)}")
-        batch = x[None] if single else x
+            raise InvalidInputError(f"expected inputs of shape {self.input_shape}, got {tuple(x.shape)}")
+        batch = (x[None] if single else x)
+        check_budget(_apply_bytes(self.operator, tuple(batch.shape), self.output_shape),
+                     f"applying the collapsed operator to a batch of shape {tuple(batch.shape)}")
+        batch = batch.to(self.operator.dtype)
         y = conv_direct(self.operator, batch, "circular") if self.periodic else \
             conv_window(self.operator, batch, self.output_shape[1:])
         return y[0] if single else y
 
 
+def _apply_bytes(op: KernelOperator, batch_shape: Sequence[int], out_shape: Sequence[int]) -> int:
+    """The batch in the operator's dtype, padded by the kernel's reach, the kernel copy and
+    the output."""
+    n = batch_shape[0]
+    padded = math.prod(m + 2 * k for m, k in zip(batch_shape[2:], op.kernel_size))
+    inputs = n * op.in_channels * (math.prod(batch_shape[2:]) + padded)
+    return estimate_bytes((inputs + op.coeffs.numel() + n * math.prod(out_shape),), op.dtype)
+
+
 def collapse_numeric(network: Network, input_shape: Sequence[int], *,
-                     dtype: torch.dtype = torch.float64, periodic: bool | None = None
-                     ) -> NumericCollapse:
-    """Collapse a linear network to one :class:`KernelOperator` and its exact region."""
+                     dtype: torch.dtype = torch.float64, periodic: bool | None = None,
+                     budget: Any = None) -> NumericCollapse:
+    """Collapse a linear network to one :class:`KernelOperator` and its exact region.
+    ``budget`` (bytes or a size like ``"200M"``; default the budget in force) bounds the
+    walk's estimated peak memory, checked from the shapes before anything is built."""
     if not isinstance(network, Network):
-        raise TypeError(f"collapse_numeric needs an algebra Network, got {type(network).__name__}")
+        raise InvalidTypeError(f"collapse_numeric needs an algebra Network, got {type(network).__name__}")
     check_float_dtype(dtype)
-    walk = collapse_walk(network, input_shape, NumericBackend(network, dtype), periodic)
+    walk = collapse_walk(network, input_shape, NumericBackend(network, dtype), periodic, budget)
     return NumericCollapse(walk.operator, tuple(walk.shapes["input"]),
                            tuple(walk.shapes[network.output_name]), walk.region, walk.periodic)
 
 
 def affine_numeric(network: Network, input_shape: Sequence[int], *, method: str = "auto",
-                   dtype: torch.dtype = torch.float64, budget: int | None = None):
+                   dtype: torch.dtype = torch.float64, budget: Any = None):
     """The single-layer model of a :class:`Network` in floating point: ``f(X) = W X + B``
     extracted from the layer-by-layer torch evaluation by VJPs or JVPs
-    (:func:`numeric.affine.extract_affine`).  Every padding mode, flatten and linear."""
+    (:func:`numeric.affine.extract_affine`).  Every padding mode, flatten and linear.
+
+    The memory guard runs first, from the shapes: ``W`` (``n_out x n_in``), the network's
+    weights in ``dtype`` (twice: the module and the extraction's copy) and one activation
+    of every node; over ``budget`` it raises ``MemoryBudgetError`` before building
+    anything."""
     from .affine import extract_affine
     from .network_torch import NetworkModule
     if not isinstance(network, Network):
-        raise TypeError(f"affine_numeric needs an algebra Network, got {type(network).__name__}")
+        raise InvalidTypeError(f"affine_numeric needs an algebra Network, got {type(network).__name__}")
     check_float_dtype(dtype)
-    network.shapes(input_shape)  # clear errors for a wrong input shape before any work
-    return extract_affine(NetworkModule(network, dtype).eval(), input_shape, method=method,
-                          dtype=dtype, budget=budget)
+    shapes = network.shapes(input_shape)  # clear errors for a wrong input shape before any work
+    with memory_limit(budget):
+        check_budget(_affine_numeric_bytes(network, shapes, dtype),
+                     f"the {math.prod(shapes[network.output_name])} x "
+                     f"{math.prod(shapes['input'])} affine map W with the network's weights")
+        return extract_affine(NetworkModule(network, dtype).eval(), input_shape, method=method,
+                              dtype=dtype)
+
+
+def _affine_numeric_bytes(network: Network, shapes: dict[str, Shape], dtype: torch.dtype) -> int:
+    """``W``, two copies of every weight and one activation per node, in ``dtype``."""
+    n_in, n_out = math.prod(shapes["input"]), math.prod(shapes[network.output_name])
+    weights = sum(getattr(node, "weight", np.empty(0)).size for node in network.nodes.values())
+    activations = sum(math.prod(shape) for shape in shapes.values())
+    return estimate_bytes((n_out * n_in + 2 * weights + activations,), dtype)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError
 from ..algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose,
                                Flatten, GlobalAvgPool, Input, Linear, Network, Split)
 from .functional import avg_pool_nd, conv_nd, conv_transpose_nd
@@ -35,7 +36,7 @@ class NetworkModule(torch.nn.Module):
     def __init__(self, network: Network, dtype: torch.dtype = torch.float64):
         super().__init__()
         if not isinstance(network, Network):
-            raise TypeError(f"NetworkModule needs an algebra Network, got {type(network).__name__}")
+            raise InvalidTypeError(f"NetworkModule needs an algebra Network, got {type(network).__name__}")
         check_float_dtype(dtype)
         self.network = network
         self._checked: set[tuple[int, ...]] = set()
@@ -61,24 +62,24 @@ class NetworkModule(torch.nn.Module):
         net = self.network
         expected = f"(batch, {net.in_channels}{', n' * net.ndim})"
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"the input must be a torch.Tensor of shape {expected}, got "
-                            f"{type(x).__name__} (convert it with torch.as_tensor)")
+            raise InvalidTypeError(f"the input must be a torch.Tensor of shape {expected}, got "
+                                   f"{type(x).__name__} (convert it with torch.as_tensor)")
         if x.is_complex():
-            raise TypeError(f"complex input ({x.dtype}) not supported: the network is real")
+            raise InvalidTypeError(f"complex input ({x.dtype}) not supported: the network is real")
         if x.ndim != net.ndim + 2:
-            raise ValueError(f"the input must have shape {expected} ({net.ndim + 2} axes, the "
-                             f"first the batch), got {tuple(x.shape)}")
+            raise InvalidInputError(f"the input must have shape {expected} ({net.ndim + 2} axes, the "
+                                    f"first the batch), got {tuple(x.shape)}")
         shape = tuple(x.shape[1:])
         if shape in self._checked:
             return
         if shape[0] != net.in_channels:
-            raise ValueError(f"the network takes {net.in_channels} input channels: expected "
-                             f"shape {expected}, got {tuple(x.shape)}")
+            raise InvalidInputError(f"the network takes {net.in_channels} input channels: expected "
+                                    f"shape {expected}, got {tuple(x.shape)}")
         try:
             net.shapes(shape)
-        except ValueError as exc:
-            raise ValueError(f"the network cannot run on an input of shape {tuple(x.shape)} "
-                             f"(batch, C, *n): {exc}") from None
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"the network cannot run on an input of shape {tuple(x.shape)} "
+                                    f"(batch, C, *n): {exc}") from None
         self._checked.add(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError
 from ..algebra.memory import check_budget, estimate_bytes
 from .functional import conv_nd
 from .inputs import FLOAT_DTYPES, check_float_dtype, positive_ints
@@ -34,6 +35,29 @@ def inflate(coeffs: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
     return out
 
 
+def product_workspace_bytes(c_out: int, c_mid: int, c_in: int, k_outer: Sequence[int],
+                            k_inner: Sequence[int], dtype: torch.dtype, method: str) -> int:
+    """Peak bytes :func:`polymatmul` allocates for a ``c_out x c_mid`` kernel of (dilated)
+    size ``k_outer`` times a ``c_mid x c_in`` kernel of size ``k_inner``, result included:
+    the result, its support mask and masked copy, the inflated outer kernel, and for
+    ``'fft'`` the three complex spectra (``'conv'``: the padded input)."""
+    size = tuple(a + b - 1 for a, b in zip(k_outer, k_inner))
+    out = estimate_bytes((c_out, c_in, *size), dtype)
+    need = 3 * out + estimate_bytes((c_out, c_mid, *k_outer), dtype)
+    if method == "fft":
+        n_freq = int(np.prod(size[:-1])) * (size[-1] // 2 + 1)
+        need += n_freq * 2 * estimate_bytes((c_out * c_mid + c_mid * c_in + c_out * c_in,), dtype)
+    else:
+        need += estimate_bytes((c_in, c_mid, *size), dtype)  # the padded input
+    return need
+
+
+def auto_method(k_outer: Sequence[int], k_inner: Sequence[int], dtype: torch.dtype) -> str:
+    """``'conv'`` for small float32 kernels (oneDNN), ``'fft'`` otherwise."""
+    small = int(np.prod(k_outer)) * int(np.prod(k_inner)) <= 100
+    return "conv" if dtype == torch.float32 and small else "fft"
+
+
 def polymatmul(outer: torch.Tensor, inner: torch.Tensor, dilation: int | Sequence[int] = 1,
                method: str = "auto", budget: int | None = None) -> torch.Tensor:
     """Product ``outer(z^d) inner(z)`` of polynomial matrices in ascending coefficient order:
@@ -45,15 +69,15 @@ def polymatmul(outer: torch.Tensor, inner: torch.Tensor, dilation: int | Sequenc
     before anything is allocated."""
     for name, t in (("outer", outer), ("inner", inner)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"polymatmul: {name} must be a torch tensor, got {type(t).__name__}")
+            raise InvalidTypeError(f"polymatmul: {name} must be a torch tensor, got {type(t).__name__}")
         if t.ndim not in (3, 4, 5):
-            raise ValueError(f"polymatmul: {name} must have shape (C_out, C_in, *kernel) with "
-                             f"1-3 spatial axes, got {tuple(t.shape)}")
+            raise InvalidInputError(f"polymatmul: {name} must have shape (C_out, C_in, *kernel) with "
+                                    f"1-3 spatial axes, got {tuple(t.shape)}")
         if t.dtype not in FLOAT_DTYPES:
             check_float_dtype(t.dtype, f"polymatmul: {name}'s dtype")
     if outer.ndim != inner.ndim or outer.shape[1] != inner.shape[0]:
-        raise ValueError(f"cannot multiply kernel matrices of shapes {tuple(outer.shape)} "
-                         f"and {tuple(inner.shape)}")
+        raise InvalidInputError(f"cannot multiply kernel matrices of shapes {tuple(outer.shape)} "
+                                f"and {tuple(inner.shape)}")
     ndim = outer.ndim - 2
     d = positive_ints(dilation, ndim, "dilation")
     c_out, c_mid, c_in = outer.shape[0], outer.shape[1], inner.shape[1]
@@ -61,16 +85,11 @@ def polymatmul(outer: torch.Tensor, inner: torch.Tensor, dilation: int | Sequenc
     size = tuple(a + b - 1 for a, b in zip(k_outer, inner.shape[2:]))
     dtype = torch.promote_types(outer.dtype, inner.dtype)
     if method == "auto":
-        small = int(np.prod(k_outer)) * int(np.prod(inner.shape[2:])) <= 100
-        method = "conv" if dtype == torch.float32 and small else "fft"
-    n_freq = int(np.prod(size[:-1])) * (size[-1] // 2 + 1)
-    need = estimate_bytes((c_out, c_in, *size), dtype) + estimate_bytes((c_out, c_mid, *k_outer), dtype)
-    if method == "fft":
-        need += n_freq * 2 * estimate_bytes((c_out * c_mid + c_mid * c_in + c_out * c_in,), dtype)
-    elif method == "conv":
-        need += estimate_bytes((c_in, c_mid, *size), dtype)  # the padded input
-    else:
-        raise ValueError(f"method must be 'auto', 'fft' or 'conv', got {method!r}")
+        method = auto_method(k_outer, inner.shape[2:], dtype)
+    if method not in ("fft", "conv"):
+        raise InvalidInputError(f"method must be 'auto', 'fft' or 'conv', got {method!r}")
+    need = product_workspace_bytes(c_out, c_mid, c_in, k_outer, tuple(inner.shape[2:]), dtype,
+                                   method)
     check_budget(need, f"composing a {c_out}x{c_mid} kernel with a {c_mid}x{c_in} kernel into "
                  f"{c_out}x{c_in}x{'x'.join(map(str, size))}", budget)
     outer, inner = inflate(outer.to(dtype), d), inner.to(dtype)

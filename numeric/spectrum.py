@@ -29,6 +29,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..algebra.errors import InvalidInputError, InvalidTypeError
+from ..algebra.validate import sequence_arg
 from .inputs import as_real_tensor
 from .kernels import KernelOperator
 from .memory import check_budget
@@ -39,13 +41,13 @@ __all__ = ["fold_periodic", "symbol", "fft_multiplier", "singular_values", "oper
 
 def _check_op(op: object, what: str = "op") -> KernelOperator:
     if not isinstance(op, KernelOperator):
-        raise TypeError(f"{what} must be a KernelOperator, got {type(op).__name__}")
+        raise InvalidTypeError(f"{what} must be a KernelOperator, got {type(op).__name__}")
     return op
 
 
 def _sizes(op: KernelOperator, sizes: int | Sequence[int]) -> tuple[int, ...]:
     _check_op(op)
-    bad = TypeError(f"grid sizes must be an int or {op.ndim} ints, got {sizes!r}")
+    bad = InvalidTypeError(f"grid sizes must be an int or {op.ndim} ints, got {sizes!r}")
     if isinstance(sizes, (bool, np.bool_, str, bytes)):
         raise bad
     if isinstance(sizes, (int, np.integer)):
@@ -59,7 +61,7 @@ def _sizes(op: KernelOperator, sizes: int | Sequence[int]) -> tuple[int, ...]:
             raise bad
         n = tuple(int(m) for m in items)
     if len(n) != op.ndim or any(m <= 0 for m in n):
-        raise ValueError(f"need {op.ndim} positive grid sizes, got {sizes}")
+        raise InvalidInputError(f"need {op.ndim} positive grid sizes, got {sizes}")
     return n
 
 
@@ -113,7 +115,7 @@ def _blocks(op: KernelOperator, n: tuple[int, ...]) -> torch.Tensor:
     if all(v == 1 for v in s):
         return fft_multiplier(op, n, onesided=True).reshape(-1, *op.shape)
     if any(m % v for m, v in zip(n, s)):
-        raise ValueError(f"stride {s} must divide the grid size {n} (circular padding)")
+        raise InvalidInputError(f"stride {s} must divide the grid size {n} (circular padding)")
     M = fft_multiplier(op, n)  # (*n, C_out, C_in), k = r * (n/s) + j on every axis
     d = op.ndim
     M = M.reshape(*[x for m, v in zip(n, s) for x in (v, m // v)], *op.shape)
@@ -158,15 +160,17 @@ def lipschitz_bound(layers: Sequence[KernelOperator], sizes: int | Sequence[int]
                     ) -> LipschitzBound:
     """Layer norms (each on the grid it sees: ``n / (s_1 ... s_{l-1})``) and the exact norm
     of the collapsed chain ``A_L ∘ ... ∘ A_1`` (``layers[0]`` is applied first)."""
+    layers = sequence_arg(layers, "layers", expected="a sequence of KernelOperators",
+                          nonempty=False)
     if not layers:
-        raise ValueError("lipschitz_bound needs at least one layer")
+        raise InvalidInputError("lipschitz_bound needs at least one layer")
     for i, op in enumerate(layers):
         _check_op(op, f"layers[{i}]")
     n = _sizes(layers[0], sizes)
     norms, chain = [], None
     for op in layers:
         if any(m % s for m, s in zip(n, op.stride)):
-            raise ValueError(f"stride {op.stride} must divide the grid size {n}")
+            raise InvalidInputError(f"stride {op.stride} must divide the grid size {n}")
         norms.append(operator_norm(op, n))
         chain = op.linear_part() if chain is None else op.linear_part() @ chain
         n = tuple(m // s for m, s in zip(n, op.stride))
@@ -191,23 +195,23 @@ def implicit_solve(op: KernelOperator, y: torch.Tensor, h: float) -> torch.Tenso
     ``(I + h M^H M) Ẑ = Ŷ`` (an implicit diffusion step; stride 1, bias ignored)."""
     _check_op(op)
     if any(s != 1 for s in op.stride):
-        raise ValueError("implicit_solve needs a stride-1 operator (K^T K is then a convolution)")
+        raise InvalidInputError("implicit_solve needs a stride-1 operator (K^T K is then a convolution)")
     if isinstance(h, (bool, np.bool_)) or not isinstance(h, (numbers.Real, np.integer, np.floating)):
-        raise TypeError(f"h must be a real number, got {h!r}")
+        raise InvalidTypeError(f"h must be a real number, got {h!r}")
     h = float(h)
     if not math.isfinite(h):
-        raise ValueError(f"h must be finite, got {h}")
+        raise InvalidInputError(f"h must be finite, got {h}")
     y = as_real_tensor(y, "Y")
     if not y.is_floating_point():
         y = y.to(op.dtype)
     if not bool(torch.isfinite(y).all()):
-        raise ValueError("Y has non-finite entries (NaN/Inf)")
+        raise InvalidInputError("Y has non-finite entries (NaN/Inf)")
     batched = y.ndim == op.ndim + 2
     if not batched and y.ndim != op.ndim + 1:
-        raise ValueError(f"Y must have shape (C, *n) or (B, C, *n) with {op.ndim} spatial axes")
+        raise InvalidInputError(f"Y must have shape (C, *n) or (B, C, *n) with {op.ndim} spatial axes")
     Y = y if batched else y.unsqueeze(0)
     if Y.shape[1] != op.in_channels:
-        raise ValueError(f"Y has {Y.shape[1]} channels, K takes {op.in_channels}")
+        raise InvalidInputError(f"Y has {Y.shape[1]} channels, K takes {op.in_channels}")
     n = tuple(Y.shape[2:])
     dims = tuple(range(2, 2 + op.ndim))
     dtype = torch.promote_types(op.dtype, Y.dtype)
@@ -223,9 +227,9 @@ def implicit_solve(op: KernelOperator, y: torch.Tensor, h: float) -> torch.Tenso
         if bad.numel():
             spec_shape = (*n[:-1], n[-1] // 2 + 1)
             index = tuple(int(i) for i in np.unravel_index(int(bad[0]), spec_shape))
-            raise ValueError(f"I + h K^T K is singular at frequency {index} (FFT index on the "
-                             f"{n} grid; smallest |eigenvalue| {float(smallest[bad[0]]):.3g}) for "
-                             f"h = {h}: no unique solution; choose h > -1/||K||^2")
+            raise InvalidInputError(f"I + h K^T K is singular at frequency {index} (FFT index on the "
+                                    f"{n} grid; smallest |eigenvalue| {float(smallest[bad[0]]):.3g}) for "
+                                    f"h = {h}: no unique solution; choose h > -1/||K||^2")
     Yh = torch.fft.rfftn(Y.to(dtype), dim=dims)
     rhs = Yh.flatten(2).permute(2, 1, 0).contiguous()  # (F, C_in, B)
     Z = _hermitian_solve(A, rhs, positive=h >= 0).permute(2, 1, 0).reshape(Yh.shape)

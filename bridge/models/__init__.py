@@ -7,10 +7,13 @@ from .reparam import (ACBlock, ConvBN, DBBBlock, DiracBlock, MobileOneBlock, ReL
 from .resnet import (PADDING_MODES, BasicBlock, ResNet, calibrate_batchnorm_,
                      randomize_batchnorm_, remove_zero_skips_, resnet18, resnet34, resnet_tiny,
                      set_skip_weight_)
+from .resnet import (BLOCKS, MODELS, Bottleneck, ResidualBlock, build_resnet, fix_unit_skips_,
+                     resnet50, resnet_small, skip_weights)
 
 __all__ = ["PADDING_MODES", "BasicBlock", "ResNet", "calibrate_batchnorm_",
            "randomize_batchnorm_", "remove_zero_skips_", "resnet18", "resnet34", "resnet_tiny",
            "set_skip_weight_", "ConvBN", "RepVGGBlock", "ACBlock", "DBBBlock", "MobileOneBlock",
            "DiracBlock", "SqueezeExcite", "ReparamNet", "repvgg_net", "acnet_net", "dbb_net",
            "mobileone_net", "diracnet_net", "deploy", "ReLUBasicBlock", "ReLUResNet",
-           "resnet18_relu", "randomize_bn_"]
+           "resnet18_relu", "randomize_bn_", "BLOCKS", "MODELS", "Bottleneck", "ResidualBlock",
+           "build_resnet", "fix_unit_skips_", "resnet50", "resnet_small", "skip_weights"]

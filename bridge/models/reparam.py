@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...algebra.errors import InvalidInputError
 from .resnet import randomize_batchnorm_
 
 __all__ = [
@@ -218,9 +219,9 @@ class DBBBlock(nn.Module):
                  internal: int | None = None, border: str = "zeros"):
         super().__init__()
         if border not in DBB_BORDERS:
-            raise ValueError(f"border {border!r} not in {DBB_BORDERS}")
+            raise InvalidInputError(f"border {border!r} not in {DBB_BORDERS}")
         if kernel_size % 2 != 1 or kernel_size < 3:
-            raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
+            raise InvalidInputError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         k, p, mid = kernel_size, kernel_size // 2, internal or c_in
         self.kernel_size, self.stride, self.border = k, stride, border
         self.dense = ConvBN(c_in, c_out, k, stride)
@@ -267,8 +268,8 @@ class DBBBlock(nn.Module):
         through the taps that fall outside the image), so it raises unless
         ``allow_inexact``."""
         if self.border == "zeros" and not allow_inexact:
-            raise ValueError("DBB with zero-padded middle maps is not one convolution at the "
-                             "border; use border='bn_pad' or allow_inexact=True")
+            raise InvalidInputError("DBB with zero-padded middle maps is not one convolution at the "
+                                    "border; use border='bn_pad' or allow_inexact=True")
         k = (self.kernel_size, self.kernel_size)
         parts = [self.dense.kernel(), self.pointwise.kernel(), self._sequential_kernel(),
                  self._average_kernel()]
@@ -287,7 +288,7 @@ class MobileOneBlock(nn.Module):
                  groups: int = 1, branches: int = 2):
         super().__init__()
         if branches < 1:
-            raise ValueError(f"branches must be >= 1, got {branches}")
+            raise InvalidInputError(f"branches must be >= 1, got {branches}")
         self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
         self.convs = nn.ModuleList(ConvBN(c_in, c_out, kernel_size, stride, groups=groups)
                                    for _ in range(branches))
@@ -388,7 +389,7 @@ class SqueezeExcite(nn.Module):
 def _activation(kind: str, se: bool, channels: int) -> nn.Module:
     """The nonlinearity after a block: ReLU or hardswish, optionally after an SE gate."""
     if kind not in ACTIVATIONS:
-        raise ValueError(f"activation {kind!r} not in {ACTIVATIONS}")
+        raise InvalidInputError(f"activation {kind!r} not in {ACTIVATIONS}")
     act = nn.ReLU() if kind == "relu" else nn.Hardswish()
     return nn.Sequential(SqueezeExcite(channels), act) if se else act
 
@@ -397,7 +398,7 @@ def _plan(in_width: int, widths: Sequence[int], depth: int) -> list[tuple[int, i
     """``(c_in, c_out, stride)`` of every block: ``depth`` per stage, the first block of
     every stage after the first with stride 2."""
     if not widths or depth < 1 or min(widths) < 1:
-        raise ValueError(f"widths {tuple(widths)} must be non-empty and positive, depth >= 1")
+        raise InvalidInputError(f"widths {tuple(widths)} must be non-empty and positive, depth >= 1")
     plan, c_in = [], in_width
     for k, width in enumerate(widths):
         for b in range(depth):
@@ -574,9 +575,9 @@ class ReLUResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
         else:
-            raise ValueError(f"stem {stem!r} not in ('cifar', 'imagenet')")
+            raise InvalidInputError(f"stem {stem!r} not in ('cifar', 'imagenet')")
         if len(layers) != 4 or min(layers) < 1 or width < 1:
-            raise ValueError(f"need four positive stage depths and width >= 1, got {layers}")
+            raise InvalidInputError(f"need four positive stage depths and width >= 1, got {layers}")
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         c_in = width
