@@ -89,6 +89,9 @@ class CollapseResult:
     output_shape: tuple[int, ...]
     region: np.ndarray
     periodic: bool
+    #: what the region is tight for: ``"generic weights"`` (propagated) or ``"these
+    #: weights"`` (every outside position decided, :mod:`algebra.tight_region`)
+    tight_for: str = "generic weights"
 
     @property
     def exact_everywhere(self) -> bool:
@@ -121,7 +124,8 @@ class CollapseResult:
             return "exact at every output position"
         box = self.region_box()
         return (f"exact on {int(self.region.sum())} of {self.region.size} output positions"
-                + (f", bounding box {box}" if box else ": nowhere"))
+                + (f", bounding box {box}" if box else ": nowhere")
+                + f" (tight for {self.tight_for})")
 
     def describe(self) -> str:
         op = self.operator
@@ -313,7 +317,8 @@ def select_backend(network: Network, backend: str = "auto") -> str:
 
 
 def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | None = None,
-             budget: Any = None, backend: str = "auto") -> CollapseResult:
+             budget: Any = None, backend: str = "auto", tight: bool | str = "auto"
+             ) -> CollapseResult:
     """Collapse a linear network (no flatten/linear) for inputs of ``input_shape`` into one
     exact operator and its exact region.  ``periodic=None`` detects the periodic case;
     ``True`` requires it; ``False`` uses zero-extended semantics.  ``budget`` (bytes, or a
@@ -322,7 +327,16 @@ def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | N
 
     ``backend`` chooses the exact arithmetic (:func:`select_backend`): ``"sympy"`` (sparse
     polynomial rings, any domain), ``"flint"`` (python-flint, weights in ``QQ``:
-    :mod:`algebra.flint_backend`) or ``"auto"``; the result is the same ``ConvOperator``."""
+    :mod:`algebra.flint_backend`) or ``"auto"``; the result is the same ``ConvOperator``.
+
+    ``tight``: the propagated region is tight for generic weights; ``True`` also decides
+    every position outside it for *these* weights by exact evaluation at ``x = 0`` and two
+    random integer inputs (:mod:`algebra.tight_region`; a position is wrongly added with
+    probability at most ``2^-64``), ``False`` never, ``"auto"`` when that costs at most
+    :data:`~algebra.tight_region.TIGHT_AUTO_LIMIT` exact multiply-adds.  ``where()`` says
+    which the region is."""
+    if tight not in (True, False, "auto"):
+        raise InvalidInputError(f"tight must be True, False or 'auto', got {tight!r}")
     instance_arg(network, Network, "network", "a laurentnet.algebra.Network",
                  "build one with Network(ndim, in_channels) and its layer methods")
     if select_backend(network, backend) == "flint":
@@ -334,5 +348,12 @@ def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | N
     else:
         walk = collapse_walk(network, input_shape, AlgebraBackend(network), periodic, budget)
         operator = walk.operator
+    region, tight_for = walk.region, "generic weights"
+    if not walk.periodic and not region.all() and tight is not False:
+        from .tight_region import TIGHT_AUTO_LIMIT, check_cost, tighten_region
+        if tight is True or check_cost(network, walk.shapes, operator) <= TIGHT_AUTO_LIMIT:
+            region = tighten_region(network, operator, tuple(walk.shapes["input"]),
+                                    walk.shapes[network.output_name], region)
+            tight_for = "these weights"
     return CollapseResult(operator, tuple(walk.shapes["input"]),
-                          walk.shapes[network.output_name], walk.region, walk.periodic)
+                          walk.shapes[network.output_name], region, walk.periodic, tight_for)

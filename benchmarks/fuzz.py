@@ -1,0 +1,1415 @@
+"""Fuzz every collapse path of laurentnet against an independent PyTorch reference.
+
+Each network is a random linear program (:class:`Spec`) drawn from ``(seed, index)``
+alone, so ``--replay SEED:INDEX`` rebuilds it bit for bit.  Four families:
+
+* ``chain``      — convs with every padding mode (zeros/reflect/replicate/circular, valid,
+  ``'same'``, symmetric or asymmetric), strides, dilation, groups; residual blocks, summed
+  branches, long skips, concat/split/channel slices, batch norm, per-channel affine,
+  scalar multiples, average pooling (with/without ``count_include_pad``, padded),
+  global average pooling; 1-D, 2-D and 3-D;
+* ``periodic``   — all-circular, size-keeping networks (strides dividing the sizes,
+  non-overlapping pools): collapse must detect them and be exact everywhere;
+* ``multirate``  — the chain plus transposed convs and zero-insertion up-sampling, mostly
+  kept collapsible (coprime rates, no bias before an up-sampling), sometimes not (the
+  exact collapse must then refuse clearly);
+* ``classifier`` — a chain, maybe a global pool, then flatten and one or two linear layers
+  (only the affine paths accept it).
+
+Sizes stay small so that sympy's exact paths are fast: 1-4 channels, spatial sizes 3-9
+(up to 12 inside a 1-D network; 3-D inputs 3-4, at most 5 inside), depth 1-4 blocks,
+kernels 1-3, strides and dilations 1-3, paddings 0-3.  Weights are small rationals
+(``Fraction(p, q)``, ``|p| <= 6``, ``q`` in {1, 2, 3, 4, 5, 8}, a few exact zeros) handed
+to the package exactly (the reference gets each rounded once to float64); batch-norm
+statistics are the floats of small rationals.  Five paths are run on every network:
+
+================ ============================================================================
+path             what is compared (``TOL`` = 1e-9 relative to the largest reference value)
+================ ============================================================================
+exact_affine     ``algebra.collapse_affine``: ``W`` and ``B`` (each entry rounded once)
+                 equal the reference's within ``TOL``.
+exact_collapse   ``algebra.collapse``: the exact operator written out as a matrix on the
+                 output window (``y[o,i] = b_o + sum K_oc[s i - u j] x[c,j]``, modulo the
+                 size when periodic; :func:`operator_matrix`, not the package's ``apply``):
+                 at every position of the region its rows equal the reference's within
+                 ``TOL`` and the exact affine map's rows *exactly* (rational equality); the
+                 package's ``CollapseResult.apply(x)`` is checked on the region too when it
+                 is cheap.  Positions outside the region whose rows all equal the reference
+                 are counted as ``region_not_tight`` (not a mismatch).  A periodic network
+                 is also collapsed with ``periodic=False`` and checked the same way.
+numeric_collapse ``numeric.collapse_numeric``: ``NumericCollapse.apply`` on the identity
+                 batch (every unit input and 0; on inputs larger than
+                 ``IDENTITY_BATCH_MAX``, on ``SAMPLES`` random inputs) gives the rows of
+                 ``W`` and ``B`` at the region's positions: within ``TOL`` of the reference.
+affine_vjp       ``numeric.affine_numeric(method="vjp")``: ``W``, ``B`` vs the reference.
+affine_jvp       ``numeric.affine_numeric(method="jvp")``: ``W``, ``B`` vs the reference.
+================ ============================================================================
+
+The reference never touches the package's own evaluator (``NetworkModule``): it builds the
+torch layers from the same random parameters, layer by layer in float64 —
+``nn.Conv{n}d(padding_mode=...)`` for symmetric and ``'same'`` padding, ``F.pad(mode)`` then
+``F.conv{n}d`` for asymmetric padding, ``F.conv_transpose{n}d``, explicit zero insertion,
+``F.batch_norm(training=False)``, ``F.avg_pool{n}d``, ``mean``, ``torch.cat``/slicing,
+``flatten``, ``F.linear`` — with the shapes from PyTorch's size formulas.  Its ``W`` and
+``B`` are ``f(e_j) - f(0)`` and ``f(0)`` on the identity batch.
+
+A path that refuses a network with a package error (``LaurentnetError``) or one of the
+documented refusals (:data:`DOCUMENTED_REFUSALS`: flatten/linear in a collapse, rates that
+are not one multi-rate convolution, transposed convs in the numeric collapse) counts as
+``refused``.  Any other exception is a crash and counts as a mismatch, with its traceback
+summary.  Each path call has a time limit (``--path-timeout``): a path over it counts as a
+``timeout``, reported apart from mismatches.
+
+    python benchmarks/fuzz.py [--seconds 120] [--seed S] [--max-networks N] [--json]
+    python benchmarks/fuzz.py --replay SEED:INDEX
+
+Exit status: 0 when no mismatch was found, 1 when any was, 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import random
+import re
+import secrets
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import sympy
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import laurentnet.algebra as algebra
+import laurentnet.numeric as numeric
+from laurentnet.algebra import LaurentnetError, Network
+
+Shape = tuple[int, ...]
+
+TOL = 1e-9
+FAMILIES = ("chain", "periodic", "multirate", "classifier")
+#: run in this order: the exact collapse is also checked against the exact affine map
+PATHS = ("exact_affine", "exact_collapse", "numeric_collapse", "affine_vjp", "affine_jvp")
+MODES = ("zeros", "reflect", "replicate", "circular")
+STATUSES = ("ok", "refused", "mismatch", "timeout")
+
+#: how the reference pads for each of the package's padding modes (``nn.Conv`` spelling);
+#: a test replaces an entry to check that a wrong reference is caught
+REFERENCE_PAD_MODE = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate",
+                      "circular": "circular"}
+
+#: documented refusals that are plain ``ValueError``s: (label, message pattern, paths)
+DOCUMENTED_REFUSALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("flatten/linear is not a convolution", r"is not a convolution; collapse the network "
+     r"to an affine map", ("exact_collapse", "numeric_collapse")),
+    ("output is not an image", r"the network output is not an image",
+     ("exact_collapse", "numeric_collapse")),
+    ("up-sampling after a non-coprime stride", r"is not a single multi-rate convolution",
+     ("exact_collapse", "numeric_collapse")),
+    ("bias before up-sampling", r"a bias before zero-insertion up-sampling is not "
+     r"shift-invariant", ("exact_collapse", "numeric_collapse")),
+    ("branches with different rates", r"cannot add operators with strides|vstack needs "
+     r"operators with equal strides", ("exact_collapse", "numeric_collapse")),
+    ("transposed conv in the numeric collapse", r"transposed convolutions \(up-sampling\) "
+     r"have no strided-kernel form", ("numeric_collapse",)),
+)
+
+
+# -- random programs ----------------------------------------------------------------------
+@dataclass
+class Op:
+    """One layer: ``kind`` reads the values ``inputs`` and appends one value (a ``split``
+    appends one per part)."""
+    kind: str
+    inputs: tuple[int, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        shown = []
+        for key, value in self.params.items():
+            if isinstance(value, np.ndarray):
+                value = f"array{value.shape}"
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], Fraction):
+                value = "[" + ", ".join(str(v) for v in value) + "]"
+            elif isinstance(value, Fraction):
+                value = str(value)
+            shown.append(f"{key}={value}")
+        return f"{self.kind}({', '.join(f'v{i}' for i in self.inputs)}; {', '.join(shown)})"
+
+
+@dataclass
+class Spec:
+    """A random linear network: ops over values (``v0`` is the input) with PyTorch shapes."""
+    seed: int
+    index: int
+    family: str
+    ndim: int
+    input_shape: Shape
+    ops: list[Op] = field(default_factory=list)
+    shapes: list[Shape] = field(default_factory=list)
+    output: int = 0
+    collapsible: bool = True  # built to stay one multi-rate operator (see _Builder)
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.shapes[self.output]
+
+    def features(self) -> list[str]:
+        """The kinds of layer this network exercises (the per-kind counts)."""
+        tags = {f"{self.ndim}-D", f"family {self.family}"}
+        for op in self.ops:
+            tags.update(_op_features(op))
+        return sorted(tags)
+
+    def describe(self) -> str:
+        lines = [f"network {self.seed}:{self.index} ({self.family}, {self.ndim}-D, input "
+                 f"{self.input_shape}, output v{self.output} {self.output_shape})"]
+        k = 1
+        for op in self.ops:
+            n_out = len(op.params["sizes"]) if op.kind == "split" else 1
+            outs = ", ".join(f"v{k + j}{self.shapes[k + j]}" for j in range(n_out))
+            lines.append(f"  {outs} = {op.describe()}")
+            k += n_out
+        return "\n".join(lines)
+
+
+def _op_features(op: Op) -> set[str]:
+    p = op.params
+    if op.kind == "conv":
+        tags = {"conv"}
+        if any(pair != (0, 0) for pair in p["pairs"]):
+            tags.add(f"pad {p['mode']}")
+            if any(l != r for l, r in p["pairs"]):
+                tags.add("pad asymmetric")
+        else:
+            tags.add("pad valid")
+        if p["padding"] == "same":
+            tags.add("pad same")
+        tags.update({"stride"} if any(s > 1 for s in p["stride"]) else set())
+        tags.update({"dilation"} if any(d > 1 for d in p["dilation"]) else set())
+        tags.update({"groups"} if p["groups"] > 1 else set())
+        return tags
+    if op.kind == "avg_pool":
+        tags = {"avg_pool"}
+        if any(p["padding"]):
+            tags.add("avg_pool padded" + ("" if p["count_include_pad"] else " exclude_pad"))
+        return tags
+    if op.kind == "add":
+        return {"add (branches)" if len(op.inputs) > 1 else "scale"}
+    if op.kind in ("linear", "flatten"):
+        return {"flatten+linear"}
+    if op.kind == "conv_transpose":
+        return {"conv_transpose"} | ({"groups"} if p["groups"] > 1 else set())
+    return {op.kind}
+
+
+def conv_out(n: int, k: int, s: int, d: int, left: int, right: int) -> int:
+    """PyTorch's output size of a convolution."""
+    return (n + left + right - d * (k - 1) - 1) // s + 1
+
+
+def same_pairs(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """PyTorch's ``padding='same'``: ``d(k-1)`` split with the extra one on the right."""
+    return tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+                 for k, d in zip(kernel, dilation))
+
+
+def pad_fits(mode: str, pairs: Sequence[tuple[int, int]], sizes: Sequence[int]) -> bool:
+    """Whether PyTorch accepts this padding (reflect: below the size; circular: at most it)."""
+    if mode == "reflect":
+        return all(max(p) < n for p, n in zip(pairs, sizes))
+    if mode == "circular":
+        return all(max(p) <= n for p, n in zip(pairs, sizes))
+    return True
+
+
+class _Builder:
+    """Draws the layers of one program from ``rng``, tracking PyTorch shapes, the rates
+    ``(S, U)`` of every value (to keep a ``collapsible`` network one multi-rate operator)
+    and whether it carries a bias."""
+
+    def __init__(self, rng: random.Random, spec: Spec, max_size: int, collapsible: bool):
+        self.rng, self.spec, self.ndim = rng, spec, spec.ndim
+        self.max_size, self.collapsible = max_size, collapsible
+        ones = (1,) * spec.ndim
+        self.rates: list[tuple[Shape, Shape]] = [(ones, ones)]
+        self.biased: list[bool] = [False]
+        spec.shapes.append(spec.input_shape)
+
+    # numbers -------------------------------------------------------------------------
+    def number(self, zero: float = 0.0) -> Fraction:
+        """A small rational ``p/q`` (``|p| <= 6``, ``q <= 8``), 0 with probability ``zero``."""
+        if self.rng.random() < zero:
+            return Fraction(0)
+        return Fraction(self.rng.choice((-1, 1)) * self.rng.randint(1, 6),
+                        self.rng.choice((1, 2, 3, 4, 5, 8)))
+
+    def weights(self, *shape: int, zero: float = 0.08) -> np.ndarray:
+        out = np.empty(shape, dtype=object)
+        for index in np.ndindex(*shape):
+            out[index] = self.number(zero)
+        if not any(out.flat):
+            out.flat[0] = Fraction(1)
+        return out
+
+    def maybe_bias(self, channels: int) -> np.ndarray | None:
+        return self.weights(channels, zero=0.2) if self.rng.random() < 0.5 else None
+
+    def shape(self, v: int) -> Shape:
+        return self.spec.shapes[v]
+
+    def axes(self, choices: Sequence[int]) -> Shape:
+        return tuple(self.rng.choice(choices) for _ in range(self.ndim))
+
+    def mode(self) -> str:
+        """A padding mode; zeros as often as the other three together (each padded layer
+        of another mode costs the region its border, and the inputs are small)."""
+        return self.rng.choices(MODES, weights=(3, 1, 1, 1))[0]
+
+    def groups(self, cin: int, cout: int) -> int:
+        common = math.gcd(cin, cout)
+        options = [g for g in range(1, common + 1) if common % g == 0]
+        return 1 if self.rng.random() < 0.5 else self.rng.choice(options)
+
+    # bookkeeping -----------------------------------------------------------------------
+    def emit(self, kind: str, inputs: tuple[int, ...], params: dict[str, Any],
+             shapes: list[Shape]) -> list[int]:
+        """Append an op; its outputs' rates follow the noble identities (a local
+        ``down_s K up_u`` after ``(S, U)`` gives ``(sS, uU)``)."""
+        self.spec.ops.append(Op(kind, inputs, params))
+        first = len(self.spec.shapes)
+        self.spec.shapes.extend(shapes)
+        (S, U) = self.rates[inputs[0]]
+        biased = any(self.biased[i] for i in inputs)
+        local_s, local_u = (1,) * self.ndim, (1,) * self.ndim
+        if kind == "conv":
+            local_s, biased = params["stride"], biased or params["bias"] is not None
+        elif kind == "avg_pool":
+            local_s = params["stride"] or params["kernel"]
+        elif kind == "global_avg_pool":
+            local_s = self.shape(inputs[0])[1:]
+        elif kind == "conv_transpose":
+            local_u, biased = params["stride"], biased or params["bias"] is not None
+        elif kind == "upsample":
+            local_u = params["factor"]
+        elif kind in ("batch_norm", "channel_affine"):
+            biased = biased or kind == "batch_norm" or params.get("shift") is not None
+        rate = (tuple(a * b for a, b in zip(S, local_s)), tuple(a * b for a, b in zip(U, local_u)))
+        self.rates.extend([rate] * len(shapes))
+        self.biased.extend([biased] * len(shapes))
+        return list(range(first, len(self.spec.shapes)))
+
+    def may_upsample(self, v: int, factor: Shape) -> bool:
+        """Up-sampling stays one operator when nothing before it is biased and each factor
+        is coprime to the stride so far."""
+        if not self.collapsible:
+            return True
+        S, _ = self.rates[v]
+        return not self.biased[v] and all(u == 1 or math.gcd(u, s) == 1
+                                          for u, s in zip(factor, S))
+
+    def same_rates(self, values: Sequence[int]) -> bool:
+        return not self.collapsible or len({self.rates[v] for v in values}) == 1
+
+    # convolutions ----------------------------------------------------------------------
+    def _padding(self, kernel: Shape, dilation: Shape, stride: Shape
+                 ) -> tuple[Any, tuple[tuple[int, int], ...]]:
+        """A padding argument in one of the package's spellings, and its ``(left, right)``."""
+        rng, ndim = self.rng, self.ndim
+        styles = ["valid", "valid", "int", "axis", "pairs"]
+        if all(s == 1 for s in stride):
+            styles.append("same")
+        style = rng.choice(styles)
+        if style == "valid":
+            return (rng.choice(("valid", 0)), ((0, 0),) * ndim)
+        if style == "same":
+            return "same", same_pairs(kernel, dilation)
+        if style == "int":
+            p = rng.choice((1, 1, 2, 3))
+            return p, ((p, p),) * ndim
+        if style == "axis":
+            ps = tuple(rng.choice((0, 1, 2, 3)) for _ in range(ndim))
+            return ps, tuple((p, p) for p in ps)
+        pairs = tuple((rng.choice((0, 1, 2, 3)), rng.choice((0, 1, 2))) for _ in range(ndim))
+        return pairs, pairs
+
+    def conv(self, v: int, cout: int | None = None, *, keep_size: bool = False,
+             mode: str | None = None) -> int:
+        """A random convolution of ``v`` (``keep_size``: stride 1, ``'same'``)."""
+        rng, ndim = self.rng, self.ndim
+        c, *n = self.shape(v)
+        cout = rng.randint(1, 4) if cout is None else cout
+        mode = self.mode() if mode is None else mode
+        for _attempt in range(8):
+            kernel, dilation = self.axes((1, 2, 3)), self.axes((1, 1, 1, 2, 2, 3))
+            stride = (1,) * ndim if keep_size else self.axes((1, 1, 1, 2, 2, 3))
+            if keep_size:
+                padding, pairs = "same", same_pairs(kernel, dilation)
+            else:
+                padding, pairs = self._padding(kernel, dilation, stride)
+            out = tuple(conv_out(m, k, s, d, l, r) for m, k, s, d, (l, r)
+                        in zip(n, kernel, stride, dilation, pairs))
+            if pad_fits(mode, pairs, n) and all(1 <= o <= self.max_size for o in out):
+                break
+        else:
+            kernel = dilation = stride = (1,) * ndim
+            padding, pairs, out = "valid", ((0, 0),) * ndim, tuple(n)
+        groups = self.groups(c, cout)
+        params = dict(weight=self.weights(cout, c // groups, *kernel), bias=self.maybe_bias(cout),
+                      stride=stride, padding=padding, pairs=pairs, dilation=dilation,
+                      groups=groups, mode=mode)
+        return self.emit("conv", (v,), params, [(cout, *out)])[0]
+
+    def conv_matching(self, v: int, cout: int, target: Shape, stride: Shape) -> int:
+        """A conv of ``v`` with output spatial size ``target`` at ``stride`` (random kernel,
+        dilation, asymmetric padding and mode); ``-1`` if none fits."""
+        rng = self.rng
+        c, *n = self.shape(v)
+        mode = self.mode()
+        kernel, dilation, pairs = [], [], []
+        for size, want, s in zip(n, target, stride):
+            options = [(k, d, l, r) for k in (1, 2, 3) for d in (1, 2) for l in range(3)
+                       for r in range(3) if conv_out(size, k, s, d, l, r) == want
+                       and pad_fits(mode, [(l, r)], [size]) and (k > 1 or d == 1)]
+            if not options:
+                return -1
+            k, d, l, r = rng.choice(options)
+            kernel.append(k), dilation.append(d), pairs.append((l, r))
+        pairs_t = tuple(pairs)
+        params = dict(weight=self.weights(cout, c, *kernel), bias=self.maybe_bias(cout),
+                      stride=tuple(stride), padding=pairs_t, pairs=pairs_t,
+                      dilation=tuple(dilation), groups=1, mode=mode)
+        return self.emit("conv", (v,), params, [(cout, *target)])[0]
+
+    def conv_transpose(self, v: int) -> int:
+        rng = self.rng
+        c, *n = self.shape(v)
+        cout = rng.randint(1, 4)
+        kernel, stride, dilation = self.axes((1, 2, 3)), self.axes((1, 2)), self.axes((1, 1, 2))
+        if not self.may_upsample(v, stride):
+            return self.conv(v)
+        padding, output_padding, out = [], [], []
+        for size, k, s, d in zip(n, kernel, stride, dilation):
+            p, op = rng.randint(0, d * (k - 1)), rng.randint(0, max(s, d) - 1)
+            padding.append(p), output_padding.append(op)
+            out.append((size - 1) * s - 2 * p + d * (k - 1) + op + 1)
+        if not all(1 <= o <= self.max_size for o in out):
+            return self.conv(v)
+        groups = self.groups(c, cout)
+        params = dict(weight=self.weights(c, cout // groups, *kernel), bias=self.maybe_bias(cout),
+                      stride=stride,
+                      padding=tuple(padding), output_padding=tuple(output_padding),
+                      dilation=dilation, groups=groups)
+        return self.emit("conv_transpose", (v,), params, [(cout, *out)])[0]
+
+    def upsample(self, v: int) -> int:
+        c, *n = self.shape(v)
+        factor = self.axes((1, 2, 2))
+        out = tuple((m - 1) * u + 1 for m, u in zip(n, factor))
+        if max(out) > self.max_size or not self.may_upsample(v, factor):
+            return self.conv(v)
+        return self.emit("upsample", (v,), dict(factor=factor), [(c, *out)])[0]
+
+    # other layers ----------------------------------------------------------------------
+    def batch_norm(self, v: int) -> int:
+        c = self.shape(v)[0]
+        floats = lambda k: [float(self.number()) for _ in range(k)]  # noqa: E731
+        params = dict(mean=floats(c), var=[self.rng.choice((0.25, 0.5, 1.0, 2.0, 4.0))
+                                           for _ in range(c)],
+                      gamma=floats(c), beta=floats(c), eps=self.rng.choice((0.0, 1e-5)))
+        return self.emit("batch_norm", (v,), params, [self.shape(v)])[0]
+
+    def channel_affine(self, v: int) -> int:
+        c = self.shape(v)[0]
+        shift = [self.number(0.2) for _ in range(c)] if self.rng.random() < 0.5 else None
+        params = dict(scale=[self.number(0.05) for _ in range(c)], shift=shift)
+        return self.emit("channel_affine", (v,), params, [self.shape(v)])[0]
+
+    def scale(self, v: int) -> int:
+        return self.emit("add", (v,), dict(coefficients=(self.number(),)), [self.shape(v)])[0]
+
+    def avg_pool(self, v: int) -> int:
+        rng = self.rng
+        c, *n = self.shape(v)
+        kernel = self.axes((1, 2, 3))
+        stride = None if rng.random() < 0.5 else tuple(rng.randint(1, k + 1) for k in kernel)
+        padding = tuple(rng.randint(0, k // 2) for k in kernel)
+        s = kernel if stride is None else stride
+        out = tuple((m + 2 * p - k) // si + 1 for m, p, k, si in zip(n, padding, kernel, s))
+        if min(out) < 1 or (self.ndim == 3 and any(k > m for k, m in zip(kernel, n))):
+            return v  # torch's avg_pool3d also refuses an input smaller than the kernel
+        params = dict(kernel=kernel, stride=stride, padding=padding,
+                      count_include_pad=rng.random() < 0.5)
+        return self.emit("avg_pool", (v,), params, [(c, *out)])[0]
+
+    def global_avg_pool(self, v: int) -> int:
+        return self.emit("global_avg_pool", (v,), {}, [(self.shape(v)[0],) + (1,) * self.ndim])[0]
+
+    # blocks ----------------------------------------------------------------------------
+    def add(self, terms: Sequence[int]) -> int:
+        coefficients = tuple(self.number(0.1) for _ in terms) if self.rng.random() < 0.4 else None
+        return self.emit("add", tuple(terms), dict(coefficients=coefficients),
+                         [self.shape(terms[0])])[0]
+
+    def residual(self, v: int) -> int:
+        """``v + conv(conv(v))`` with size-keeping convs (any padding mode)."""
+        c = self.shape(v)[0]
+        h = self.conv(v, keep_size=True)
+        h = self.conv(h, c, keep_size=True)
+        return self.add((v, h))
+
+    def branches(self, v: int) -> int:
+        """Two or three parallel convs of ``v`` with one output shape and stride, summed."""
+        first = self.conv(v)
+        cout, *out = self.shape(first)
+        stride = self.spec.ops[-1].params["stride"]
+        terms = [first]
+        for _ in range(self.rng.randint(1, 2)):
+            other = self.conv_matching(v, cout, tuple(out), stride)
+            if other >= 0:
+                terms.append(other)
+        return first if len(terms) == 1 else self.add(terms)
+
+    def long_skip(self, v: int) -> int:
+        """``v + u`` for an earlier value ``u`` of the same shape (and rates)."""
+        same = [u for u in range(len(self.spec.shapes) - 1)
+                if u != v and self.shape(u) == self.shape(v) and self.same_rates((u, v))]
+        if not same:
+            return self.conv(v)
+        return self.add((self.rng.choice(same), v))
+
+    def concat_split(self, v: int) -> int:
+        """``cat(conv(v), v or conv(v))``, then maybe split it and use one part, re-join
+        the parts in another order, add equal parts, or take a channel slice."""
+        rng = self.rng
+        first = self.conv(v)
+        _, *out = self.shape(first)
+        stride = self.spec.ops[-1].params["stride"]
+        if tuple(out) == self.shape(v)[1:] and self.same_rates((first, v)) and rng.random() < 0.5:
+            second = v
+        else:
+            second = self.conv_matching(v, rng.randint(1, 3), tuple(out), stride)
+            if second < 0:
+                return first
+        parts = [first, second] if rng.random() < 0.5 else [second, first]
+        total = sum(self.shape(p)[0] for p in parts)
+        joined = self.emit("concat", tuple(parts), {}, [(total, *out)])[0]
+        how = rng.choice(("keep", "one", "rejoin", "add", "slice"))
+        if how == "keep" or total < 2:
+            return joined
+        if how == "slice":
+            start = rng.randint(0, total - 1)
+            stop = rng.randint(start + 1, total)
+            return self.emit("channels_slice", (joined,), dict(start=start, stop=stop),
+                             [(stop - start, *out)])[0]
+        cut = rng.randint(1, total - 1)
+        sizes = (cut, total - cut) if how != "add" or total % 2 else (total // 2, total // 2)
+        pieces = self.emit("split", (joined,), dict(sizes=sizes), [(s, *out) for s in sizes])
+        if how == "one":
+            return rng.choice(pieces)
+        if how == "add" and self.shape(pieces[0]) == self.shape(pieces[1]):
+            return self.add(pieces)
+        order = pieces[::-1]
+        return self.emit("concat", tuple(order), {}, [(total, *out)])[0]
+
+    def block(self, v: int, kinds: Sequence[str]) -> int:
+        return getattr(self, self.rng.choice(kinds))(v)
+
+
+CHAIN_BLOCKS = ("conv", "conv", "conv", "residual", "branches", "concat_split", "batch_norm",
+                "channel_affine", "scale", "avg_pool", "avg_pool", "long_skip")
+MULTIRATE_BLOCKS = CHAIN_BLOCKS + ("conv_transpose", "conv_transpose", "upsample", "upsample")
+
+
+def _sizes(rng: random.Random, ndim: int) -> tuple[Shape, int]:
+    """Input spatial sizes and the cap on every later size (small, so sympy stays fast)."""
+    low, high, cap = {1: (3, 9, 12), 2: (3, 8, 9), 3: (3, 4, 5)}[ndim]
+    return tuple(rng.randint(low, high) for _ in range(ndim)), cap
+
+
+def _chain(b: _Builder, v: int, kinds: Sequence[str], depth: int) -> int:
+    for _ in range(depth):
+        v = b.block(v, kinds)
+    return v
+
+
+def _periodic(b: _Builder, depth: int) -> int:
+    """All-circular, size-keeping layers; at least one circular conv wider than 1."""
+    rng = b.rng
+
+    def circ(v: int, cout: int | None = None, wide: bool = False) -> int:
+        c, *n = b.shape(v)
+        cout = rng.randint(1, 3) if cout is None else cout
+        kernel, dilation, stride, pairs = [], [], [], []
+        for axis, m in enumerate(n):
+            k, d = rng.choice((2, 3) if wide and axis == 0 else (1, 2, 3)), rng.choice((1, 1, 2))
+            total = d * (k - 1)
+            left = rng.randint(0, total)
+            if max(left, total - left) > m:
+                k, d, total, left = 2, 1, 1, rng.randint(0, 1)
+            s = 1 if wide else rng.choice([s for s in (1, 1, 2) if m % s == 0])
+            kernel.append(k), dilation.append(d), stride.append(s)
+            pairs.append((left, total - left))
+        groups = b.groups(c, cout)
+        params = dict(weight=b.weights(cout, c // groups, *kernel), bias=b.maybe_bias(cout),
+                      stride=tuple(stride), padding=tuple(pairs), pairs=tuple(pairs),
+                      dilation=tuple(dilation), groups=groups, mode="circular")
+        return b.emit("conv", (v,), params, [(cout, *(m // s for m, s in zip(n, stride)))])[0]
+
+    v = circ(0)
+    for _ in range(depth - 1):
+        kind = rng.choice(("circ", "circ", "residual", "bn", "pool", "concat"))
+        c, *n = b.shape(v)
+        if kind == "circ":
+            v = circ(v)
+        elif kind == "residual":
+            v = b.add((v, circ(circ(v, rng.randint(1, 3), wide=True), c, wide=True)))
+        elif kind == "bn":
+            v = b.batch_norm(v)
+        elif kind == "pool":
+            k = tuple(rng.choice([s for s in (1, 2) if m % s == 0]) for m in n)
+            params = dict(kernel=k, stride=None, padding=(0,) * b.ndim,
+                          count_include_pad=rng.random() < 0.5)
+            v = b.emit("avg_pool", (v,), params, [(c, *(m // s for m, s in zip(n, k)))])[0]
+        else:
+            a = circ(v, wide=True)
+            v = b.emit("concat", (a, v), {}, [(b.shape(a)[0] + c, *n)])[0]
+    return circ(v, wide=True)
+
+
+def generate(seed: int, index: int) -> Spec:
+    """Network ``index`` of the campaign ``seed`` (deterministic: its own RNG)."""
+    rng = random.Random(f"laurentnet-fuzz:{seed}:{index}")
+    family = rng.choices(FAMILIES, weights=(5, 1, 3, 2))[0]
+    ndim = rng.choices((1, 2, 3), weights=(4, 5, 2))[0]
+    sizes, cap = _sizes(rng, ndim)
+    if family == "periodic":
+        sizes = tuple(rng.choice((4, 6, 8) if ndim < 3 else (2, 4)) for _ in range(ndim))
+        cap = max(sizes)
+    spec = Spec(seed, index, family, ndim, (rng.randint(1, 4), *sizes))
+    spec.collapsible = family != "multirate" or rng.random() < 0.7
+    b = _Builder(rng, spec, cap, collapsible=spec.collapsible)
+    if family == "periodic":
+        v = _periodic(b, rng.randint(1, 4))
+    elif family == "classifier":
+        v = _chain(b, 0, CHAIN_BLOCKS, rng.randint(0, 3))
+        if rng.random() < 0.4:
+            v = b.global_avg_pool(v)
+        flat = b.emit("flatten", (v,), {}, [(int(np.prod(b.shape(v))),)])[0]
+        width = rng.randint(1, 5)
+        v = b.emit("linear", (flat,), dict(weight=b.weights(width, b.shape(flat)[0]),
+                                           bias=b.maybe_bias(width)), [(width,)])[0]
+        if rng.random() < 0.4:
+            out = rng.randint(1, 3)
+            v = b.emit("linear", (v,), dict(weight=b.weights(out, width),
+                                            bias=b.maybe_bias(out)), [(out,)])[0]
+    else:
+        kinds = MULTIRATE_BLOCKS if family == "multirate" else CHAIN_BLOCKS
+        v = 0
+        if family == "multirate" and rng.random() < 0.6:  # up-sample before any bias
+            v = b.block(v, ("conv_transpose", "upsample"))
+        v = _chain(b, v, kinds, rng.randint(1, 4))
+        if rng.random() < 0.1:
+            v = b.global_avg_pool(v)
+    spec.output = v
+    return spec
+
+
+# -- the network, built with the package ---------------------------------------------------
+def build_network(spec: Spec) -> Network:
+    """The program as a :class:`laurentnet.algebra.Network` (exact Fraction weights)."""
+    net = Network(spec.ndim, spec.input_shape[0])
+    values = [net.input]
+    for op in spec.ops:
+        p, xs = op.params, [values[i] for i in op.inputs]
+        if op.kind == "conv":
+            out = [net.conv(xs[0], p["weight"], p["bias"], stride=p["stride"], padding=p["padding"],
+                            dilation=p["dilation"], groups=p["groups"], padding_mode=p["mode"])]
+        elif op.kind == "conv_transpose":
+            out = [net.conv_transpose(xs[0], p["weight"], p["bias"], stride=p["stride"],
+                                      padding=p["padding"], output_padding=p["output_padding"],
+                                      dilation=p["dilation"], groups=p["groups"])]
+        elif op.kind == "upsample":
+            out = [net.upsample(xs[0], p["factor"])]
+        elif op.kind == "batch_norm":
+            out = [net.batch_norm(xs[0], p["mean"], p["var"], p["gamma"], p["beta"], eps=p["eps"])]
+        elif op.kind == "channel_affine":
+            out = [net.channel_affine(xs[0], p["scale"], p["shift"])]
+        elif op.kind == "avg_pool":
+            out = [net.avg_pool(xs[0], p["kernel"], p["stride"], p["padding"],
+                                count_include_pad=p["count_include_pad"])]
+        elif op.kind == "global_avg_pool":
+            out = [net.global_avg_pool(xs[0])]
+        elif op.kind == "add":
+            c = p["coefficients"]
+            out = [xs[0] + xs[1] if c is None and len(xs) == 2 else
+                   c[0] * xs[0] if len(xs) == 1 else net.add(*xs, coefficients=c)]
+        elif op.kind == "concat":
+            out = [net.concat(*xs)]
+        elif op.kind == "split":
+            out = list(net.split(xs[0], p["sizes"]))
+        elif op.kind == "channels_slice":
+            out = [net.channels_slice(xs[0], p["start"], p["stop"])]
+        elif op.kind == "flatten":
+            out = [net.flatten(xs[0])]
+        elif op.kind == "linear":
+            out = [net.linear(xs[0], p["weight"], p["bias"])]
+        else:  # pragma: no cover - a generator bug
+            raise AssertionError(op.kind)
+        values.extend(out)
+    net.set_output(values[spec.output])
+    return net
+
+
+# -- the independent reference -------------------------------------------------------------
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CONV_MODULE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _t(values: Any) -> torch.Tensor | None:
+    """Exact rationals (or floats) as a float64 tensor, each rounded once."""
+    if values is None:
+        return None
+    return torch.tensor(np.vectorize(float, otypes=[np.float64])(np.asarray(values, dtype=object)),
+                        dtype=torch.float64)
+
+
+def _ref_conv(x: torch.Tensor, p: dict[str, Any], ndim: int) -> torch.Tensor:
+    """``nn.Conv{n}d`` (its own padding) for symmetric/'same' padding, else F.pad + conv."""
+    w, b, pairs = _t(p["weight"]), _t(p["bias"]), p["pairs"]
+    mode = REFERENCE_PAD_MODE[p["mode"]]
+    if p["padding"] == "same" or all(l == r for l, r in pairs):
+        padding = "same" if p["padding"] == "same" else tuple(l for l, _ in pairs)
+        m = CONV_MODULE[ndim](w.shape[1] * p["groups"], w.shape[0], tuple(w.shape[2:]),
+                              stride=p["stride"], padding=padding, dilation=p["dilation"],
+                              groups=p["groups"], bias=b is not None, padding_mode=mode,
+                              dtype=torch.float64)
+        m.weight.copy_(w)
+        if b is not None:
+            m.bias.copy_(b)
+        return m(x)
+    pad = [v for pair in reversed(pairs) for v in pair]
+    padded = F.pad(x, pad, mode="constant" if mode == "zeros" else mode)
+    return CONV[ndim](padded, w, b, stride=p["stride"], dilation=p["dilation"], groups=p["groups"])
+
+
+def _ref_upsample(x: torch.Tensor, factor: Shape) -> torch.Tensor:
+    shape = (*x.shape[:2], *((m - 1) * u + 1 for m, u in zip(x.shape[2:], factor)))
+    y = x.new_zeros(shape)
+    y[(slice(None), slice(None), *(slice(None, None, u) for u in factor))] = x
+    return y
+
+
+def _per_channel(values: Sequence[Any], ndim: int) -> torch.Tensor:
+    return _t(list(values)).reshape(1, -1, *(1,) * ndim)
+
+
+def _ref_op(op: Op, xs: list[torch.Tensor], ndim: int) -> list[torch.Tensor]:
+    """One layer of the reference, with torch's own functions."""
+    p = op.params
+    if op.kind == "conv":
+        return [_ref_conv(xs[0], p, ndim)]
+    if op.kind == "conv_transpose":
+        return [CONV_T[ndim](xs[0], _t(p["weight"]), _t(p["bias"]), stride=p["stride"],
+                             padding=p["padding"], output_padding=p["output_padding"],
+                             groups=p["groups"], dilation=p["dilation"])]
+    if op.kind == "upsample":
+        return [_ref_upsample(xs[0], p["factor"])]
+    if op.kind == "batch_norm":
+        return [F.batch_norm(xs[0], _t(p["mean"]), _t(p["var"]), _t(p["gamma"]), _t(p["beta"]),
+                             training=False, eps=p["eps"])]
+    if op.kind == "channel_affine":
+        y = xs[0] * _per_channel(p["scale"], ndim)
+        return [y if p["shift"] is None else y + _per_channel(p["shift"], ndim)]
+    if op.kind == "avg_pool":
+        return [AVG[ndim](xs[0], p["kernel"], p["stride"] or p["kernel"], p["padding"],
+                          ceil_mode=False, count_include_pad=p["count_include_pad"])]
+    if op.kind == "global_avg_pool":
+        return [xs[0].mean(dim=tuple(range(2, 2 + ndim)), keepdim=True)]
+    if op.kind == "add":
+        c = p["coefficients"] or (1,) * len(xs)
+        return [sum((float(ci) * x for ci, x in zip(c[1:], xs[1:])), float(c[0]) * xs[0])]
+    if op.kind == "concat":
+        return [torch.cat(xs, dim=1)]
+    if op.kind == "split":
+        return list(torch.split(xs[0], list(p["sizes"]), dim=1))
+    if op.kind == "channels_slice":
+        return [xs[0][:, p["start"]:p["stop"]]]
+    if op.kind == "flatten":
+        return [xs[0].flatten(1)]
+    if op.kind == "linear":
+        return [F.linear(xs[0], _t(p["weight"]), _t(p["bias"]))]
+    raise AssertionError(op.kind)  # pragma: no cover
+
+
+@torch.no_grad()
+def reference_forward(spec: Spec, x: torch.Tensor) -> torch.Tensor:
+    """The program on a float64 batch ``(N, *input_shape)``, layer by layer in torch."""
+    values = [x.to(torch.float64)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on 'same' with even kernels
+        for op in spec.ops:
+            values.extend(_ref_op(op, [values[i] for i in op.inputs], spec.ndim))
+    out = values[spec.output]
+    if tuple(out.shape[1:]) != spec.output_shape:  # pragma: no cover - a generator bug
+        raise AssertionError(f"reference shape {tuple(out.shape)} != {spec.output_shape}")
+    return out
+
+
+@dataclass
+class Reference:
+    """``W``, ``B`` of the reference (``f(e_j) - f(0)``, ``f(0)``) and ``ys = f(xs)`` at
+    ``SAMPLES`` random float64 inputs (``xs[0]`` is the one the exact collapse uses)."""
+    W: np.ndarray
+    B: np.ndarray
+    xs: np.ndarray
+    ys: np.ndarray
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.xs[0]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.ys[0]
+
+    @property
+    def scale(self) -> float:
+        """What ``TOL`` is relative to: 1 + the largest entry of ``W``, ``B`` and ``ys``."""
+        return 1.0 + max(float(np.abs(a).max(initial=0)) for a in (self.W, self.B, self.ys))
+
+
+SAMPLES = 4
+IDENTITY_BATCH_MAX = 128  # inputs up to this size: numeric collapse checked on all of W
+APPLY_COST_MAX = 20_000  # CollapseResult.apply is also checked when it is this cheap
+
+
+def reference(spec: Spec) -> Reference:
+    """The reference on the identity batch, 0 and ``SAMPLES`` random inputs (one batch)."""
+    n_in = int(np.prod(spec.input_shape))
+    xs = np.random.default_rng([spec.seed, spec.index]).standard_normal((SAMPLES, n_in))
+    batch = torch.cat([torch.zeros(1, n_in, dtype=torch.float64),
+                       torch.eye(n_in, dtype=torch.float64),
+                       torch.from_numpy(xs)]).reshape(-1, *spec.input_shape)
+    out = reference_forward(spec, batch).reshape(len(batch), -1).numpy()
+    B = out[0]
+    return Reference((out[1:1 + n_in] - B).T.copy(), B.copy(),
+                     xs.reshape(SAMPLES, *spec.input_shape),
+                     out[1 + n_in:].reshape(SAMPLES, *spec.output_shape))
+
+
+# -- running the paths ---------------------------------------------------------------------
+class PathTimeout(BaseException):
+    """A path ran over its time limit (a BaseException: no ``except Exception`` eats it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`PathTimeout` after ``seconds`` (main thread with SIGALRM only)."""
+    usable = seconds > 0 and hasattr(signal, "setitimer") and \
+        threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise PathTimeout(f"over {seconds:g} s")
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def refusal_reason(path: str, exc: BaseException) -> str | None:
+    """The label of a clear refusal (a documented one, or ``Type: message`` of a package
+    error with names and numbers blanked), ``None`` when ``exc`` is a crash."""
+    message = str(exc)
+    if isinstance(exc, ValueError):  # the package's own errors are ValueErrors too
+        for label, pattern, paths in DOCUMENTED_REFUSALS:
+            if path in paths and re.search(pattern, message):
+                return label
+    if isinstance(exc, LaurentnetError):
+        first = message.splitlines()[0] if message else ""
+        general = re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'…'", first))
+        return f"{type(exc).__name__}: {general[:90]}"
+    return None
+
+
+def crash_summary(exc: BaseException) -> str:
+    """``Type: message`` and the innermost frames, on one line."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}"
+                        for f in reversed(frames))
+    message = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"crash {type(exc).__name__}: {message} [at {where}]"
+
+
+@dataclass
+class Outcome:
+    """What one path did on one network: ``status`` is ok / refused / mismatch / timeout."""
+    path: str
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class NetworkReport:
+    spec: Spec
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    not_tight: int = 0           # positions outside the region where the collapse is right
+    periodic_missed: bool = False  # a periodic-family network collapsed as zero-extended
+    unexpected: list[str] = field(default_factory=list)  # paths that refused unexpectedly
+    region_differs: bool = False  # numeric and exact regions differ (information only)
+
+    @property
+    def mismatches(self) -> list[Outcome]:
+        return [o for o in self.outcomes.values() if o.status == "mismatch"]
+
+
+def _close(got: np.ndarray, want: np.ndarray, scale: float) -> np.ndarray:
+    return np.abs(np.asarray(got, dtype=np.float64) - want) <= TOL * scale
+
+
+def _first_bad(ok: np.ndarray, got: np.ndarray, want: np.ndarray) -> str:
+    bad = np.argwhere(~ok)
+    index = tuple(int(i) for i in bad[0])
+    return (f"{len(bad)} of {ok.size} entries differ, first at {index}: got "
+            f"{float(np.asarray(got)[index]):.17g}, reference {float(want[index]):.17g}")
+
+
+def _check_shape(what: str, got: Sequence[int], want: Sequence[int]) -> None:
+    if tuple(got) != tuple(want):
+        raise _Mismatch(f"{what} {tuple(got)} != reference {tuple(want)}")
+
+
+class _Mismatch(Exception):
+    """A check failed (the message says which)."""
+
+
+def _check_map(W: np.ndarray, B: np.ndarray, ref: Reference) -> None:
+    _check_shape("W shape", W.shape, ref.W.shape)
+    _check_shape("B shape", B.shape, ref.B.shape)
+    for name, got, want in (("W", W, ref.W), ("B", B, ref.B)):
+        ok = _close(got, want, ref.scale)
+        if not ok.all():
+            raise _Mismatch(f"{name}: {_first_bad(ok, got, want)}")
+
+
+def _region_rows(region: np.ndarray, channels: int) -> np.ndarray:
+    """Flat output indices (C order) of every channel at the region's positions."""
+    return np.broadcast_to(region, (channels, *region.shape)).reshape(-1)
+
+
+def _as_float(value: Any) -> float:
+    """A ``QQ`` element (gmpy or Python rational) or a sympy ``Rational``, correctly
+    rounded to float64 (``int / int``)."""
+    if isinstance(value, sympy.Rational):
+        return int(value.p) / int(value.q)
+    return int(value.numerator) / int(value.denominator)
+
+
+def exact_to_float(amap: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, B)`` of an exact :class:`~laurentnet.algebra.AffineMap` over ``QQ`` as float64
+    arrays, each entry rounded once (``int / int``; faster than ``AffineMap.to_numpy``)."""
+    W = np.zeros(amap.W.shape)
+    for r, row in amap.W.rep.to_dod().items():
+        for c, v in row.items():
+            W[r, c] = _as_float(v)
+    return W, np.array([_as_float(b) for b in amap.B], dtype=np.float64)
+
+
+def to_float(values: Any) -> np.ndarray:
+    """An array of exact rationals rounded once, entry by entry, to float64."""
+    return np.vectorize(_as_float, otypes=[np.float64])(np.asarray(values, dtype=object))
+
+
+def operator_matrix(op: Any, in_shape: Shape, out_shape: Shape, periodic: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The exact ``down_s K up_u + b`` as a dense ``(n_out, n_in)`` matrix on the output
+    window, straight from docs/conventions.md (not the package's ``apply``):
+    ``y[o, i] = b_o + sum_{c, j} K_oc[s i - u j] x[c, j]``, with the exponents taken modulo
+    the input size ``n`` on a periodic grid (``K mod z^n - 1``).  Returns ``W`` and ``B`` as
+    ``QQ`` elements and the same rounded once to float64."""
+    zero = op.ring.domain.zero
+    (c_in, *n), (c_out, *m) = in_shape, out_shape
+    ndim = len(n)
+    i = np.indices(m).reshape(ndim, -1).T
+    j = np.indices(n).reshape(ndim, -1).T
+    diff = np.asarray(op.stride) * i[:, None, :] - np.asarray(op.upsample) * j[None, :, :]
+    if periodic:
+        diff = np.mod(diff, n)
+    W = np.full((c_out, len(i), c_in, len(j)), zero, dtype=object)
+    Wf = np.zeros(W.shape)
+    for o, row in enumerate(op.matrix):
+        for c, poly in enumerate(row):
+            terms: dict[tuple[int, ...], Any] = {}
+            for e, v in poly.iterterms():
+                key = tuple(int(a) % size for a, size in zip(e, n)) if periodic else tuple(e)
+                terms[key] = terms.get(key, zero) + v
+            if terms:
+                W[o, :, c, :], Wf[o, :, c, :] = _gather(terms, diff, zero)
+    B = np.array([b for b in op.bias for _ in range(len(i))], dtype=object)
+    shape = (c_out * len(i), c_in * len(j))
+    return W.reshape(shape), Wf.reshape(shape), B, to_float(B)
+
+
+def _gather(terms: dict[tuple[int, ...], Any], index: np.ndarray, zero: Any
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """``terms[index[p, q]]`` (``zero`` where absent) for an index array ``(P, Q, ndim)``,
+    exact and as float64."""
+    exps = np.array(list(terms))
+    low, high = exps.min(axis=0), exps.max(axis=0)
+    dense = np.full(tuple(high - low + 1), zero, dtype=object)
+    dense_f = np.zeros(dense.shape)
+    for e, v in terms.items():
+        at = tuple(np.asarray(e) - low)
+        dense[at], dense_f[at] = v, _as_float(v)
+    k = index - low
+    inside = ((k >= 0) & (k <= high - low)).all(axis=-1)
+    k = tuple(np.where(inside, k[..., a], 0) for a in range(k.shape[-1]))
+    out, out_f = dense[k], dense_f[k]
+    out[~inside], out_f[~inside] = zero, 0.0
+    return out, out_f
+
+
+def dense_exact(amap: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``W`` (dense object array of ``QQ`` elements) and ``B`` of an exact affine map."""
+    zero = amap.domain.zero
+    W = np.full(amap.W.shape, zero, dtype=object)
+    for r, row in amap.W.rep.to_dod().items():
+        for c, v in row.items():
+            W[r, c] = v
+    return W, np.array(list(amap.B), dtype=object)
+
+
+def apply_cost(op: Any, in_shape: Shape) -> int:
+    """Monomial products ``CollapseResult.apply`` needs (kernel terms times input size)."""
+    return sum(len(poly) for row in op.matrix for poly in row) * int(np.prod(in_shape[1:]))
+
+
+def expected_to_accept(spec: Spec, path: str) -> bool:
+    """Whether ``path`` should accept the network: the affine paths take every linear
+    network, the collapses every one built to stay one operator (no flatten/linear), the
+    numeric collapse none with a transposed conv or an up-sampling."""
+    if path not in ("exact_collapse", "numeric_collapse"):
+        return True
+    if spec.family == "classifier" or not spec.collapsible:
+        return False
+    return path == "exact_collapse" or not any(op.kind in ("conv_transpose", "upsample")
+                                               for op in spec.ops)
+
+
+class Runner:
+    """Runs the five paths on one network and checks each against the reference."""
+
+    def __init__(self, spec: Spec, path_timeout: float):
+        self.spec, self.timeout = spec, path_timeout
+        self.report = NetworkReport(spec)
+        self.net: Network | None = None
+        self.ref: Reference | None = None
+        self.exact_map: Any = None
+        self.exact_collapse: Any = None
+        self.numeric_region: np.ndarray | None = None
+
+    def run(self) -> NetworkReport:
+        self.net = build_network(self.spec)
+        self.ref = reference(self.spec)
+        for path in PATHS:
+            outcome = self.report.outcomes[path] = self._run_path(path)
+            if outcome.status == "refused" and expected_to_accept(self.spec, path):
+                self.report.unexpected.append(path)
+        self._compare_regions()
+        return self.report
+
+    def _run_path(self, path: str) -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            with deadline(self.timeout):
+                getattr(self, f"_path_{path}")()
+            status, detail = "ok", ""
+        except PathTimeout as exc:
+            status, detail = "timeout", str(exc)
+        except _Mismatch as exc:
+            status, detail = "mismatch", str(exc)
+        except Exception as exc:  # every other error is a refusal or a crash
+            reason = refusal_reason(path, exc)
+            status, detail = ("refused", reason) if reason else ("mismatch", crash_summary(exc))
+        return Outcome(path, status, detail, time.perf_counter() - t0)
+
+    # the paths -----------------------------------------------------------------------
+    def _path_exact_affine(self) -> None:
+        amap = algebra.collapse_affine(self.net, self.spec.input_shape)
+        _check_shape("input shape", amap.input_shape, self.spec.input_shape)
+        _check_shape("output shape", amap.output_shape, self.spec.output_shape)
+        _check_map(*exact_to_float(amap), self.ref)
+        self.exact_map = amap
+
+    def _path_exact_collapse(self) -> None:
+        """The detected semantics; for a periodic network also the zero-extended one
+        (``periodic=False``), whose region must be right too."""
+        result = algebra.collapse(self.net, self.spec.input_shape)
+        not_tight = self._check_exact_result(result)
+        self.exact_collapse = result
+        self.report.periodic_missed = self.spec.family == "periodic" and not result.periodic
+        if result.periodic:
+            self._check_exact_result(algebra.collapse(self.net, self.spec.input_shape,
+                                                      periodic=False))
+        else:
+            self.report.not_tight = not_tight
+
+    def _check_exact_result(self, result: Any) -> int:
+        """Rows of the operator's matrix at the region's positions: within ``TOL`` of the
+        reference, and equal to the exact affine map's rows as rationals.  Also the
+        package's own ``result.apply`` at ``x`` when that is cheap.  Returns how many
+        positions outside the region have every row equal (not tight)."""
+        self._check_result_shapes(result)
+        ref, out_shape = self.ref, self.spec.output_shape
+        W, Wf, B, Bf = operator_matrix(result.operator, self.spec.input_shape, out_shape,
+                                       result.periodic)
+        rows = _region_rows(result.region, out_shape[0])
+        equal = _close(Wf, ref.W, ref.scale).all(axis=1) & _close(Bf, ref.B, ref.scale)
+        self._raise_if_rows_differ(~equal & rows, "exact operator vs the reference", result)
+        if self.exact_map is not None:
+            Wa, Ba = dense_exact(self.exact_map)
+            same = (W[rows] == Wa[rows]).all(axis=1) & (B[rows] == Ba[rows])
+            differ = np.zeros_like(rows)
+            differ[rows] = ~same
+            self._raise_if_rows_differ(differ, "exact operator != exact affine map (as "
+                                       "rationals)", result)
+        if apply_cost(result.operator, self.spec.input_shape) <= APPLY_COST_MAX:
+            got = to_float(result.apply(ref.x))
+            wrong = ~_close(got, ref.y, ref.scale).all(axis=0) & result.region
+            if wrong.any():
+                raise _Mismatch(f"CollapseResult.apply(x) differs from the reference inside "
+                                f"the region at {int(wrong.sum())} positions, first "
+                                f"{tuple(int(i) for i in np.argwhere(wrong)[0])}; "
+                                f"{self._region_words(result)}")
+        return int((~result.region & equal.reshape(out_shape).all(axis=0)).sum())
+
+    def _raise_if_rows_differ(self, bad: np.ndarray, what: str, result: Any) -> None:
+        if bad.any():
+            first = tuple(int(i) for i in np.unravel_index(np.argmax(bad), self.spec.output_shape))
+            raise _Mismatch(f"{what}: {int(bad.sum())} output entries inside the region differ, "
+                            f"first (channel, *position) {first}; {self._region_words(result)}")
+
+    def _path_numeric_collapse(self) -> None:
+        """On small inputs the whole map (identity batch) is checked at the region's
+        positions, on larger ones (where the batched 3-D conv is slow) ``SAMPLES`` inputs."""
+        result = numeric.collapse_numeric(self.net, self.spec.input_shape)
+        self._check_result_shapes(result)
+        shape, ref = self.spec.input_shape, self.ref
+        n_in = int(np.prod(shape))
+        full = n_in <= IDENTITY_BATCH_MAX
+        batch = torch.cat([torch.zeros(1, n_in, dtype=torch.float64),
+                           torch.eye(n_in, dtype=torch.float64)]).reshape(-1, *shape) \
+            if full else torch.from_numpy(ref.xs)
+        out = result.apply(batch)
+        _check_shape("applied output shape", out.shape[1:], self.spec.output_shape)
+        out = out.reshape(len(batch), -1).numpy()
+        if full:
+            pairs = [("W", (out[1:] - out[0]).T, ref.W), ("B", out[0], ref.B)]
+        else:
+            pairs = [("f(x)", out.T, ref.ys.reshape(SAMPLES, -1).T)]
+        rows = _region_rows(result.region, self.spec.output_shape[0])
+        equal = np.ones(len(rows), bool)
+        for name, got, want in pairs:
+            ok = _close(got, want, ref.scale).reshape(len(rows), -1).all(axis=1)
+            bad = rows & ~ok
+            if bad.any():
+                first = tuple(int(i) for i in np.unravel_index(np.argmax(bad),
+                                                               self.spec.output_shape))
+                error = float(np.abs(got - want).reshape(len(rows), -1)[bad].max())
+                raise _Mismatch(f"inside the region, {name} differs at {int(bad.sum())} output "
+                                f"entries, first (channel, *position) {first}, max error "
+                                f"{error:.3g}; {self._region_words(result)}")
+            equal &= ok
+        self.numeric_region = result.region
+        if self.exact_collapse is None and not result.periodic:
+            close = equal.reshape(self.spec.output_shape).all(axis=0)
+            self.report.not_tight = int((~result.region & close).sum())
+
+    def _path_affine_vjp(self) -> None:
+        self._numeric_affine("vjp")
+
+    def _path_affine_jvp(self) -> None:
+        self._numeric_affine("jvp")
+
+    def _numeric_affine(self, method: str) -> None:
+        amap = numeric.affine_numeric(self.net, self.spec.input_shape, method=method)
+        _check_shape("output shape", amap.output_shape, self.spec.output_shape)
+        if amap.method != method:
+            raise _Mismatch(f"asked for method {method!r}, got {amap.method!r}")
+        _check_map(amap.W.numpy(), amap.B.numpy(), self.ref)
+
+    # helpers -------------------------------------------------------------------------
+    def _check_result_shapes(self, result: Any) -> None:
+        _check_shape("output shape", result.output_shape, self.spec.output_shape)
+        _check_shape("region shape", result.region.shape, self.spec.output_shape[1:])
+        if result.region.dtype != bool:
+            raise _Mismatch(f"region dtype {result.region.dtype}, expected bool")
+        if result.periodic and not result.region.all():
+            raise _Mismatch("a periodic collapse must be exact everywhere")
+
+    @staticmethod
+    def _region_words(result: Any) -> str:
+        return f"{'periodic' if result.periodic else 'zero-extended'}, {result.where()}"
+
+    def _compare_regions(self) -> None:
+        if self.exact_collapse is not None and self.numeric_region is not None:
+            self.report.region_differs = bool(
+                (self.exact_collapse.region != self.numeric_region).any())
+
+
+def run_network(seed: int, index: int, path_timeout: float = 30.0) -> NetworkReport:
+    """Generate network ``seed:index``, run every path on it and check each."""
+    spec = generate(seed, index)
+    try:
+        return Runner(spec, path_timeout).run()
+    except Exception as exc:  # building the network or the reference failed
+        report = NetworkReport(spec)
+        report.outcomes["build"] = Outcome("build", "mismatch", crash_summary(exc))
+        return report
+
+
+# -- a campaign ----------------------------------------------------------------------------
+def reproducer(seed: int, index: int) -> str:
+    return f"python benchmarks/fuzz.py --replay {seed}:{index}"
+
+
+@dataclass
+class Campaign:
+    """Counts over many networks (see :meth:`as_json` for the JSON object)."""
+    seed: int
+    budget_seconds: float | None
+    networks: int = 0
+    seconds: float = 0.0
+    kinds: Counter = field(default_factory=Counter)
+    paths: dict[str, Counter] = field(default_factory=lambda: {p: Counter() for p in PATHS})
+    refused_reasons: dict[str, Counter] = field(
+        default_factory=lambda: {p: Counter() for p in PATHS})
+    mismatch_list: list[dict[str, Any]] = field(default_factory=list)
+    not_tight_positions: int = 0
+    not_tight_examples: list[str] = field(default_factory=list)
+    not_tight_networks: int = 0
+    region_differs: int = 0
+    periodic_missed: list[str] = field(default_factory=list)
+    unexpected_refusals: list[dict[str, Any]] = field(default_factory=list)
+    timeouts: list[dict[str, Any]] = field(default_factory=list)
+    slowest: list[tuple[float, int]] = field(default_factory=list)
+
+    def add(self, report: NetworkReport) -> None:
+        spec = report.spec
+        self.networks += 1
+        self.kinds.update(spec.features())
+        total = 0.0
+        for outcome in report.outcomes.values():
+            total += outcome.seconds
+            if outcome.path in self.paths:
+                self.paths[outcome.path][outcome.status] += 1
+                self.paths[outcome.path]["seconds"] += outcome.seconds
+            if outcome.status == "refused":
+                self.refused_reasons[outcome.path][outcome.detail] += 1
+            elif outcome.status == "mismatch":
+                self.mismatch_list.append(dict(index=spec.index, path=outcome.path,
+                                               family=spec.family, ndim=spec.ndim,
+                                               detail=outcome.detail,
+                                               reproducer=reproducer(spec.seed, spec.index)))
+            elif outcome.status == "timeout":
+                self.timeouts.append(dict(index=spec.index, path=outcome.path,
+                                          reproducer=reproducer(spec.seed, spec.index)))
+        if report.not_tight:
+            self.not_tight_positions += report.not_tight
+            self.not_tight_networks += 1
+            if len(self.not_tight_examples) < 10:
+                self.not_tight_examples.append(reproducer(spec.seed, spec.index))
+        self.region_differs += report.region_differs
+        if report.periodic_missed:
+            self.periodic_missed.append(reproducer(spec.seed, spec.index))
+        for path in report.unexpected:
+            self.unexpected_refusals.append(dict(index=spec.index, path=path,
+                                                 reason=report.outcomes[path].detail,
+                                                 reproducer=reproducer(spec.seed, spec.index)))
+        self.slowest = sorted(self.slowest + [(total, spec.index)], reverse=True)[:5]
+
+    @property
+    def mismatches(self) -> int:
+        return len(self.mismatch_list)
+
+    def as_json(self) -> dict[str, Any]:
+        paths = {p: {**{k: int(c[k]) for k in STATUSES}, "seconds": round(c["seconds"], 3)}
+                 for p, c in self.paths.items()}
+        return {
+            "seed": self.seed, "networks": self.networks, "mismatches": self.mismatches,
+            "seconds": round(self.seconds, 3), "budget_seconds": self.budget_seconds,
+            "networks_per_second": round(self.networks / self.seconds, 2) if self.seconds else None,
+            "kinds": dict(sorted(self.kinds.items())), "paths": paths,
+            "refused": sum(sum(c.values()) for c in self.refused_reasons.values()),
+            "refused_by_path": {p: dict(c) for p, c in self.refused_reasons.items()},
+            "region_not_tight": self.not_tight_positions,
+            "region_not_tight_networks": self.not_tight_networks,
+            "region_not_tight_examples": self.not_tight_examples,
+            "region_numeric_differs_from_exact": self.region_differs,
+            "periodic_not_detected": self.periodic_missed,
+            "unexpected_refusals": self.unexpected_refusals,
+            "timeouts": self.timeouts,
+            "slowest": [dict(index=i, seconds=round(s, 3), reproducer=reproducer(self.seed, i))
+                        for s, i in self.slowest],
+            "mismatch_list": self.mismatch_list,
+        }
+
+
+def campaign(seed: int, seconds: float | None = None, max_networks: int | None = None,
+             path_timeout: float = 30.0, start: int = 0) -> Campaign:
+    """Run networks ``start, start + 1, ...`` of ``seed`` until the time budget or the count
+    is spent (at least one network)."""
+    result = Campaign(seed, seconds)
+    t0 = time.perf_counter()
+    index = start
+    while True:
+        result.add(run_network(seed, index, path_timeout))
+        index += 1
+        result.seconds = time.perf_counter() - t0
+        if max_networks is not None and result.networks >= max_networks:
+            break
+        if seconds is not None and result.seconds >= seconds:
+            break
+        if seconds is None and max_networks is None:
+            break
+    return result
+
+
+# -- output --------------------------------------------------------------------------------
+def table(c: Campaign) -> str:
+    """The human report: networks per kind, outcomes per path, refusals, mismatches."""
+    rate = f" ({c.networks / c.seconds:.1f}/s)" if c.seconds else ""
+    lines = [f"laurentnet fuzz: seed {c.seed}, {c.networks} networks in {c.seconds:.1f} s{rate}",
+             "", f"{'kind':<32}{'networks':>9}"]
+    lines += [f"  {kind:<30}{n:>9}" for kind, n in sorted(c.kinds.items())]
+    lines += ["", f"{'path':<18}{'ok':>7}{'refused':>9}{'mismatch':>10}{'timeout':>9}"
+              f"{'seconds':>9}"]
+    for path, counts in c.paths.items():
+        lines.append(f"  {path:<16}{counts['ok']:>7}{counts['refused']:>9}"
+                     f"{counts['mismatch']:>10}{counts['timeout']:>9}{counts['seconds']:>9.1f}")
+    refusals = [(p, r, n) for p, cnt in c.refused_reasons.items() for r, n in cnt.most_common()]
+    if refusals:
+        lines += ["", "refused (clear package errors, not mismatches):"]
+        lines += [f"  {p:<16} {n:>5}  {r}" for p, r, n in refusals]
+    lines += ["", f"region_not_tight: {c.not_tight_positions} positions in "
+              f"{c.not_tight_networks} networks (outside the region yet equal; not mismatches)"]
+    lines += [f"  e.g. {e}" for e in c.not_tight_examples[:3]]
+    lines.append(f"numeric region != exact region: {c.region_differs} networks (information)")
+    if c.periodic_missed:
+        lines.append(f"periodic networks collapsed as zero-extended: {len(c.periodic_missed)}, "
+                     f"e.g. {c.periodic_missed[0]}")
+    if c.unexpected_refusals:
+        lines.append(f"refusals of networks the path should accept: {len(c.unexpected_refusals)}")
+        lines += [f"  [{u['path']}] {u['reason']} -- {u['reproducer']}"
+                  for u in c.unexpected_refusals[:10]]
+    if c.timeouts:
+        lines.append(f"timeouts: {len(c.timeouts)}, e.g. {c.timeouts[0]['reproducer']}")
+    lines += ["", f"mismatches: {c.mismatches}"]
+    for m in c.mismatch_list[:50]:
+        lines.append(f"  [{m['path']}] #{m['index']} {m['family']} {m['ndim']}-D: {m['detail']}")
+        lines.append(f"      {m['reproducer']}")
+    if c.mismatches > 50:
+        lines.append(f"  ... and {c.mismatches - 50} more (see --json)")
+    return "\n".join(lines)
+
+
+def replay(seed: int, index: int, as_json: bool, path_timeout: float) -> int:
+    """Rebuild network ``seed:index``, print it and what every path did."""
+    report = run_network(seed, index, path_timeout)
+    spec = report.spec
+    if as_json:
+        print(json.dumps({"seed": seed, "index": index, "family": spec.family,
+                          "features": spec.features(), "network": spec.describe(),
+                          "mismatches": len(report.mismatches),
+                          "region_not_tight": report.not_tight,
+                          "outcomes": {p: dict(status=o.status, detail=o.detail,
+                                               seconds=round(o.seconds, 3))
+                                       for p, o in report.outcomes.items()}}))
+        return 1 if report.mismatches else 0
+    print(spec.describe())
+    print()
+    try:
+        print(build_network(spec).summary(spec.input_shape))
+    except Exception as exc:  # the report below says what went wrong
+        print(f"(no summary: {crash_summary(exc)})")
+    print()
+    for path, o in report.outcomes.items():
+        print(f"{path:<18}{o.status:<10}{o.seconds:7.3f} s  {o.detail}")
+    print(f"region_not_tight: {report.not_tight} positions")
+    return 1 if report.mismatches else 0
+
+
+def _replay_arg(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected SEED:INDEX (two non-negative ints), "
+                                         f"got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Fuzz laurentnet's collapse paths against a layer-by-layer float64 torch "
+                    "reference. Exit 0: no mismatch; 1: mismatches; 2: bad arguments.")
+    parser.add_argument("--seconds", type=_positive(float), default=None,
+                        help="time budget (default 60 s unless --max-networks is given)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="campaign seed (default: a fresh random one, printed)")
+    parser.add_argument("--max-networks", type=_positive(int), default=None,
+                        help="stop after this many networks")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--replay", type=_replay_arg, default=None, metavar="SEED:INDEX",
+                        help="rebuild and re-run one network, print its summary")
+    parser.add_argument("--path-timeout", type=float, default=30.0,
+                        help="seconds one path may take on one network (0: no limit)")
+    args = parser.parse_args(argv)
+    if args.seconds is None and args.max_networks is None:
+        args.seconds = 60.0
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.replay is not None:
+        return replay(*args.replay, args.json, args.path_timeout)
+    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    print(f"laurentnet fuzz seed {seed} (replay one network: python benchmarks/fuzz.py "
+          f"--replay {seed}:INDEX)",
+          file=sys.stderr if args.json else sys.stdout, flush=True)
+    result = campaign(seed, args.seconds, args.max_networks, args.path_timeout)
+    print(json.dumps(result.as_json()) if args.json else table(result), flush=True)
+    return 1 if result.mismatches else 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # one process, one thread: the numbers are per core
+    sys.exit(main())
