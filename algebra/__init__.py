@@ -8,7 +8,12 @@ Never imports torch.  Public API:
   channel split/stack, :func:`block_diag`, PyTorch layouts (:meth:`ConvOperator.from_weight`,
   :meth:`ConvOperator.to_weight`), symbolic weights (:meth:`ConvOperator.symbolic`);
 * :func:`apply_operator` — exact application to a finite (or periodic) signal;
-* :func:`exact_rational` — floats to rationals without rounding.
+* :func:`exact_rational` — floats to rationals without rounding;
+* :func:`collapse` runs on python-flint for numeric weights (``backend="auto"``,
+  :mod:`algebra.flint_backend`) and on sympy's rings for symbolic ones;
+  :func:`sympy_ground_types` says which integers sympy uses (gmpy2 by default);
+* :class:`BasisOperator` — basis convolutions ``W(z) = C · B(z)`` (constant ``C``), exact
+  subset bases, and :func:`prove_basis_identity`.
 """
 from .ground_types import sympy_ground_types  # first: before anything imports sympy
 from .errors import (DependencyError, InvalidInputError, InvalidTypeError, LaurentnetError,
@@ -36,7 +41,7 @@ from .collapse import CollapseResult, collapse
 from .affine_map import AffineMap, collapse_affine
 
 __all__ += ["Network", "Value", "PADDING_MODES", "CollapseResult", "collapse", "AffineMap",
-            "collapse_affine"]
+            "collapse_affine", "sympy_ground_types"]
 from .prove import Certificate, Counterexample, prove, prove_collapse
 
 __all__ += ["Certificate", "Counterexample", "prove", "prove_collapse"]

@@ -16,6 +16,7 @@ the operators compose them), and every integer is sized for the largest bound.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from sympy.polys.domains import QQ
 from .collapse import AlgebraBackend
 from .errors import DependencyError, InvalidInputError
 from .exact import to_domain
+from .flint_dense import DenseKernel
 from .flint_operator import (FlintOperator, flint_vstack, fmpz_bytes, product_workspace_bytes,
                              python_int_bytes, to_fmpq)
 from .footprint import OperatorShape
@@ -57,15 +59,31 @@ def _flint() -> Any:
 
 
 def _coefficient_size(values: Any) -> tuple[int, int]:
-    """``(mag, D)`` of exact rationals: ``|v| <= 2^mag`` and ``D v`` integral."""
+    """``(mag, D)`` of exact rationals (``fmpq``): ``|v| <= 2^mag`` and ``D v`` integral."""
+    return _ratio_size((int(v.p), int(v.q)) for v in values)
+
+
+def _ratio_size(pairs: Any) -> tuple[int, int]:
+    """``(mag, D)`` of rationals given as ``(p, q)``, ``q > 0``."""
     mag, den = -(1 << 30), 1
-    for v in values:
-        if v:
-            p, q = int(v.p), int(v.q)
+    for p, q in pairs:
+        if p:
             mag = max(mag, abs(p).bit_length() - q.bit_length() + 1)
             if den % q:
                 den = math.lcm(den, q)
     return (mag if mag > -(1 << 30) else 0), den
+
+
+def _ratio(value: Any) -> tuple[int, int]:
+    """A weight as ``(p, q)`` with ``value == p/q`` exactly (fast paths for the usual types)."""
+    if isinstance(value, sympy.Rational):
+        return int(value.p), int(value.q)
+    if isinstance(value, (float, np.floating)):
+        return float(value).as_integer_ratio()
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value), 1
+    q = exact_fmpq(value)
+    return int(q.p), int(q.q)
 
 
 def exact_fmpq(value: Any) -> Any:
@@ -82,7 +100,7 @@ def exact_fmpq(value: Any) -> Any:
 
 
 def _exact_values(array: np.ndarray) -> list[Any]:
-    """The entries of a weight array as ``fmpq``, in C order."""
+    """The entries of a (bias) array as ``fmpq``, in C order."""
     flint = _flint()
     if array.dtype.kind == "f":
         return [flint.fmpq(*v.as_integer_ratio()) for v in array.astype(np.float64).ravel().tolist()]
@@ -91,53 +109,79 @@ def _exact_values(array: np.ndarray) -> list[Any]:
     return [exact_fmpq(v) for v in array.ravel()]
 
 
+def integer_weights(array: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``(num, den, mag)``: an object array of integers with ``array == num / den`` exactly
+    and ``|array| <= 2^mag``.  A float ``v = m 2^e`` (``m`` of ``p`` bits) is ``(m 2^p) 2^(e-p)``,
+    so ``den = 2^(p - e_min)`` clears every denominator and ``num = v · den`` is a float
+    scaling by a power of two, exact; other arrays go through exact rationals."""
+    array = np.asarray(array)
+    if array.dtype.kind in "iub":
+        top = int(np.abs(array).max()) if array.size else 0
+        return np.array(array.tolist(), dtype=object).reshape(array.shape), 1, top.bit_length()
+    if array.dtype.kind == "f":
+        flat = array.astype(np.float64)
+        nonzero = np.abs(flat[flat != 0])
+        if not nonzero.size:
+            return np.zeros(array.shape, dtype=object), 1, 0
+        e_top = math.frexp(float(nonzero.max()))[1]
+        e_bottom = math.frexp(float(nonzero.min()))[1]
+        k = max(0, np.finfo(array.dtype).nmant + 1 - e_bottom)
+        if e_top + k < 1000:  # no overflow: the scaling is exact
+            num = np.array([int(v) for v in np.ldexp(flat, k).ravel().tolist()], dtype=object)
+            return num.reshape(array.shape), 1 << k, e_top
+    pairs = [_ratio(v) for v in array.ravel()]
+    mag, den = _ratio_size(pairs)
+    num = np.array([p * (den // q) for p, q in pairs], dtype=object)
+    return num.reshape(array.shape), den, mag
+
+
 def conv_operator(node: Conv | ConvTranspose, ctx: Any) -> FlintOperator:
-    """The operator of a (transposed) convolution layer straight from its weights, with the
-    conventions of :func:`algebra.layout.operator_from_weight`: ``K_{o,c}(z) = sum_a w[o, c,
-    a] z^(p - d a)`` (transposed: ``w[c, o, a] z^(d a - p)``), block diagonal over groups;
-    ``low`` is the least exponent, ``p - d (k - 1)`` (transposed ``-p``)."""
+    """The operator of a (transposed) convolution layer straight from its weights, in the
+    dense form, with the conventions of :func:`algebra.layout.operator_from_weight`:
+    ``K_{o,c}(z) = sum_a w[o, c, a] z^(p - d a)`` (transposed: ``w[c, o, a] z^(d a - p)``),
+    block diagonal over groups; ``low`` is the least exponent, ``p - d (k - 1)``
+    (transposed ``-p``), so the numerator of tap ``a`` sits at ``d (k - 1 - a)`` (``d a``)."""
     transposed = isinstance(node, ConvTranspose)
-    w = np.asarray(node.weight)
-    kernel = w.shape[2:]
+    num, den, mag = integer_weights(node.weight)
+    kernel = num.shape[2:]
+    ndim = len(kernel)
     groups = node.groups
-    if transposed:
-        c_in, c_out = w.shape[0], w.shape[1] * groups
-        left = tuple(node.padding)
-        low = tuple(-p for p in left)
-    else:
-        c_out, c_in = w.shape[0], w.shape[1] * groups
-        left = tuple(l for l, _ in node.padding)
-        low = tuple(p - d * (k - 1) for p, d, k in zip(left, node.dilation, kernel))
-    out_per_group, in_per_group = c_out // groups, c_in // groups
     dilation = tuple(node.dilation)
-    values = _exact_values(w)
-    mag, den = _coefficient_size(values)
-    terms: dict[tuple[int, int], dict[tuple[int, ...], Any]] = {}
-    for index, value in zip(np.ndindex(w.shape), values):
-        if not value:
-            continue
-        value = value.p * (den // value.q) if value.q != den else value.p
-        a = index[2:]
-        if transposed:
-            c, o = index[0], (index[0] // in_per_group) * out_per_group + index[1]
-            exponent = tuple(d * ai for d, ai in zip(dilation, a))
-        else:
-            o, c = index[0], (index[0] // out_per_group) * in_per_group + index[1]
-            exponent = tuple(d * (k - 1 - ai) for d, k, ai in zip(dilation, kernel, a))
-        terms.setdefault((o, c), {})[exponent] = value
-    zero = ctx.from_dict({})
-    entries = [[ctx.from_dict(terms[(o, c)]) if (o, c) in terms else zero for c in range(c_in)]
-               for o in range(c_out)]
+    if transposed:
+        c_in, c_out = num.shape[0], num.shape[1] * groups
+        low = tuple(-p for p in node.padding)
+        # entry (o, c) of group g is w[c, o_local]: swap the channel axes, (C_out/g, C_in, *k)
+        num = num.transpose(1, 0, *range(2, 2 + ndim))
+    else:
+        c_out, c_in = num.shape[0], num.shape[1] * groups
+        low = tuple(l - d * (k - 1) for (l, _), d, k in zip(node.padding, dilation, kernel))
+        num = num[(slice(None), slice(None), *(slice(None, None, -1),) * ndim)]
+    box = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))
+    dense = np.zeros((c_out, c_in, *box), dtype=object)
+    out_per_group, in_per_group = c_out // groups, c_in // groups
+    taps = tuple(slice(None, None, d) for d in dilation)
+    for g in range(groups):
+        rows = slice(g * out_per_group, (g + 1) * out_per_group)
+        cols = slice(g * in_per_group, (g + 1) * in_per_group)
+        dense[(rows, cols, *taps)] = _group_block(num, g, out_per_group, in_per_group,
+                                                  transposed)
     flint = _flint()
     bias = tuple(_exact_values(np.asarray(node.bias))) if node.bias is not None else \
         (flint.fmpq(0),) * c_out
-    stride, upsample = (1,) * len(kernel), (1,) * len(kernel)
-    if transposed:
-        upsample = tuple(node.stride)
-    else:
-        stride = tuple(node.stride)
+    ones = (1,) * ndim
+    stride, upsample = (ones, tuple(node.stride)) if transposed else (tuple(node.stride), ones)
     return FlintOperator(ctx, (c_out, c_in), low, stride, upsample, bias, mag, den,
-                         entries=entries)
+                         dense=DenseKernel(dense, den, low))
+
+
+def _group_block(num: np.ndarray, g: int, out_per_group: int, in_per_group: int,
+                 transposed: bool) -> np.ndarray:
+    """The weights of group ``g`` as a ``(C_out/g, C_in/g, *k)`` block: rows of a conv
+    weight ``(C_out, C_in/g, *k)``; for a transposed weight (swapped to ``(C_out/g, C_in,
+    *k)``) the columns of the group's inputs."""
+    if transposed:
+        return num[:, g * in_per_group:(g + 1) * in_per_group]
+    return num[g * out_per_group:(g + 1) * out_per_group]
 
 
 def from_conv_operator(op: ConvOperator, ctx: Any) -> FlintOperator:
@@ -161,13 +205,34 @@ def from_conv_operator(op: ConvOperator, ctx: Any) -> FlintOperator:
                          entries=entries)
 
 
+@lru_cache(maxsize=64)
+def _box_exponents(degrees: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every exponent of the box ``0..degrees`` in FLINT's ``lex`` term order (descending)."""
+    return [tuple(d - i for d, i in zip(degrees, index))
+            for index in np.ndindex(*(d + 1 for d in degrees))]
+
+
+def _box_indices(box: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every index of the box, in C order (the order of ``array.ravel()``)."""
+    return [tuple(i) for i in np.ndindex(*box)]
+
+
+def _exponents(p: Any) -> list[tuple[int, ...]]:
+    """The exponents of ``p``'s terms as Python ints, in the order of ``p.coeffs()``; a
+    polynomial filling its box (the usual collapsed kernel) needs no per-term conversion."""
+    degrees = tuple(int(d) for d in p.degrees())
+    if len(p) == math.prod(d + 1 for d in degrees):
+        return _box_exponents(degrees)
+    return [tuple(map(int, e)) for e in p.monoms()]
+
+
 def _qq_maker(domain: Any) -> Any:
     """``(p, q) -> p/q`` as an element of ``domain`` (``QQ`` with its ground types)."""
     flint = _flint()
     dtype = domain.dtype
     if dtype is flint.fmpq:
-        return lambda p, q: flint.fmpq(p, q)
-    return lambda p, q: dtype(int(p), int(q))
+        return dtype
+    return lambda p, q: dtype(int(p), q)
 
 
 # -- sizes before anything is built (the memory guard) --------------------------------------
@@ -193,7 +258,7 @@ def _array_size(values: Any) -> tuple[int, int]:
             return 0, 1
         e_top, e_bottom = math.frexp(top)[1], math.frexp(bottom)[1]
         return e_top, 1 << max(0, mantissa - e_bottom)
-    return _coefficient_size(exact_fmpq(v) for v in array.reshape(-1))
+    return _ratio_size(_ratio(v) for v in array.reshape(-1))
 
 
 def _exact(value: Any) -> Any:
@@ -282,7 +347,7 @@ class FlintBackend(AlgebraBackend):
 
     # -- CollapseBackend ---------------------------------------------------------------------
     def identity(self, channels: int) -> FlintOperator:
-        return from_conv_operator(ConvOperator.identity(self.ring, channels), self.ctx)
+        return FlintOperator.identity(self.ctx, channels)
 
     def node_operator(self, node: Any, in_shape: tuple[int, ...]) -> FlintOperator:
         """Convolutions straight from their weights (:func:`conv_operator`); the other
@@ -315,38 +380,35 @@ class FlintBackend(AlgebraBackend):
         qq = _qq_maker(ring.domain)
         new = ring.poly_ring.zero.new
         zero = ring.zero
-        matrix = []
-        den = op.den
+        den, low = int(op.den), op.low
+
+        def entry(exps: list[tuple[int, ...]], coeffs: list[Any]) -> LaurentPoly:
+            if not exps:
+                return zero
+            mins = tuple(map(min, zip(*exps)))
+            if any(mins):
+                exps = [tuple(a - m for a, m in zip(e, mins)) for e in exps]
+            terms = dict(zip(exps, [qq(c, den) for c in coeffs]))
+            return LaurentPoly(ring, new(terms), tuple(l + m for l, m in zip(low, mins)))
+
         if op.is_dense:
-            dense = op.dense
-            for row in dense.num:
+            matrix = []
+            full = _box_indices(op.dense.box)
+            for row in op.dense.num:
                 out_row = []
                 for cell in row:
-                    index = np.nonzero(cell != 0)
-                    if not index[0].size:
-                        out_row.append(zero)
+                    values = cell.ravel().tolist()
+                    if 0 not in values:  # fills its box: the exponents are the box's
+                        out_row.append(entry(full, values))
                         continue
-                    mins = [int(i.min()) for i in index]
-                    terms = {tuple(int(a) - m for a, m in zip(at, mins)): qq(cell[at], den)
-                             for at in zip(*index)}
-                    offset = tuple(l + m for l, m in zip(dense.low, mins))
-                    out_row.append(LaurentPoly(ring, new(terms), offset))
+                    index = np.nonzero(cell != 0)
+                    out_row.append(entry(list(zip(*(i.tolist() for i in index))),
+                                         cell[index].tolist()))
                 matrix.append(out_row)
         else:
-            for row in op.entries:
-                out_row = []
-                for p in row:
-                    if not p:
-                        out_row.append(zero)
-                        continue
-                    items = [(tuple(map(int, e)), c) for e, c in zip(p.monoms(), p.coeffs())]
-                    mins = [min(col) for col in zip(*(e for e, _ in items))]
-                    terms = {tuple(a - m for a, m in zip(e, mins)): qq(c, den)
-                             for e, c in items}
-                    offset = tuple(l + m for l, m in zip(op.low, mins))
-                    out_row.append(LaurentPoly(ring, new(terms), offset))
-                matrix.append(out_row)
-        bias = [qq(b.p, b.q) for b in op.bias]
+            matrix = [[entry(_exponents(p), p.coeffs()) if p else zero for p in row]
+                      for row in op.entries]
+        bias = [qq(b.p, int(b.q)) for b in op.bias]
         return ConvOperator(ring, matrix, op.stride, bias, op.upsample)
 
     # -- the memory guard's model (algebra.footprint.FootprintModel) ----------------------

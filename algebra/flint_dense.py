@@ -14,9 +14,12 @@ a positive integer.  The product of :func:`dense_product` is the composition's m
     K_o(z^S) K_i(z^U) = z^{l_o S + l_i U} / (d_o d_i) · sum_t z^{t S} sum_e (W_t I_e) z^e,
 
 so each tap is one integer matrix product ``W_t · [I_e]_e`` of a ``C_out x C_mid`` by a
-``C_mid x (C_in · box)`` matrix, shifted by ``t S`` and summed.  The taps are stacked into one
-``(taps · C_out) x C_mid`` matrix (a few at a time, to bound the memory), so FLINT reduces the
-large factor modulo its primes once per chunk; the shifted sums are numpy object additions.
+``C_mid x (C_in · box)`` matrix, shifted by ``t S`` and summed.  :func:`dense_product` does
+the first axis' shifts inside one FLINT product (shifted copies of the inner numerators along
+the contraction) and stacks the other axes' taps into the rows (a few at a time, to bound
+the memory); their shifted sums are numpy object additions.  Moving integers between FLINT
+and Python costs more than FLINT's multiplication here, and this split moves each about
+``k`` times for a ``k x k`` kernel.
 This beats the entry-by-entry sparse product (``fmpz_mpoly``) when the operators are wide
 and dense (``benchmarks/peers.py``); :mod:`algebra.flint_operator` chooses between them.
 """
@@ -75,7 +78,13 @@ def _inflate(num: np.ndarray, factors: Sequence[int]) -> np.ndarray:
 def dense_product(outer: DenseKernel, inner: DenseKernel, stride: Sequence[int],
                   upsample: Sequence[int]) -> DenseKernel:
     """``K_o(z^stride) K_i(z^upsample)`` exactly (``stride``: the inner operator's,
-    ``upsample``: the outer one's)."""
+    ``upsample``: the outer one's).
+
+    The taps of the first axis go into the contraction (``B`` holds the inner numerators
+    shifted by ``a S_0`` for each first-axis tap ``a``), the taps of the other axes into
+    stacked rows of ``L`` (``L[(r, o), (a, m)] = W[o, m, a, r]``), so ``L B`` needs the shifted
+    sums only along the other axes: each integer passes between FLINT and Python about
+    ``k`` times (a ``k x k`` kernel) instead of ``k^2`` times."""
     flint = _flint()
     stride, upsample = tuple(stride), tuple(upsample)
     w = outer.num
@@ -85,22 +94,41 @@ def dense_product(outer: DenseKernel, inner: DenseKernel, stride: Sequence[int],
     box_out = tuple((bo - 1) * s + bi for bo, s, bi in zip(outer.box, stride, box_i))
     low = tuple(lo * s + li * u for lo, s, li, u in zip(outer.low, stride, inner.low, upsample))
     den = outer.den * inner.den
-    result = _zeros((c_out, c_in, *box_out))
-    taps = [t for t in np.ndindex(*outer.box) if any(w[(slice(None), slice(None), *t)].flat)]
-    if not taps:
-        return DenseKernel(result, den, low)
-    columns = c_in * int(np.prod(box_i, dtype=np.int64))
-    right_mat = flint.fmpz_mat(c_mid, columns, right.reshape(-1).tolist())
-    per_chunk = max(1, CHUNK_ENTRIES // max(1, c_out * columns))
-    for start in range(0, len(taps), per_chunk):
-        chunk = taps[start:start + per_chunk]
-        stacked = np.stack([w[(slice(None), slice(None), *t)] for t in chunk])
-        left_mat = flint.fmpz_mat(len(chunk) * c_out, c_mid, stacked.reshape(-1).tolist())
+    used = (w != 0).any(axis=(0, 1))
+    first = [a for a in range(outer.box[0]) if used[a].any()]
+    rest = [r for r in np.ndindex(*outer.box[1:]) if used[(slice(None), *r)].any()]
+    if not first:
+        return DenseKernel(_zeros((c_out, c_in, *box_out)), den, low)
+    # B: (a, m) x (c, e_0 out, e_rest in)
+    shifted = _zeros((len(first), c_mid, c_in, box_out[0], *box_i[1:]))
+    for k, a in enumerate(first):
+        shifted[k, :, :, a * stride[0]:a * stride[0] + box_i[0]] = right
+    columns = c_in * box_out[0] * int(np.prod(box_i[1:], dtype=np.int64))
+    right_mat = flint.fmpz_mat(len(first) * c_mid, columns, shifted.reshape(-1).tolist())
+    del shifted
+    if not rest[0]:  # one spatial axis: L B is the result
+        left = np.ascontiguousarray(w[:, :, first].transpose(0, 2, 1))
+        left_mat = flint.fmpz_mat(c_out, len(first) * c_mid, left.reshape(-1).tolist())
         product = np.array((left_mat * right_mat).entries(), dtype=object)
-        product = product.reshape(len(chunk), c_out, c_in, *box_i)
-        for k, t in enumerate(chunk):
-            window = tuple(slice(a * s, a * s + b) for a, s, b in zip(t, stride, box_i))
-            result[(slice(None), slice(None), *window)] += product[k]
+        return DenseKernel(product.reshape(c_out, c_in, *box_out), den, low)
+    result = _zeros((c_out, c_in, *box_out))
+    per_chunk = max(1, CHUNK_ENTRIES // max(1, c_out * columns))
+    for start in range(0, len(rest), per_chunk):
+        chunk = rest[start:start + per_chunk]
+        # L: (r, o) x (a, m)
+        left = np.stack([w[(slice(None), slice(None), first, *r)].transpose(0, 2, 1)
+                         for r in chunk])
+        left_mat = flint.fmpz_mat(len(chunk) * c_out, len(first) * c_mid,
+                                  np.ascontiguousarray(left).reshape(-1).tolist())
+        product = np.array((left_mat * right_mat).entries(), dtype=object)
+        product = product.reshape(len(chunk), c_out, c_in, box_out[0], *box_i[1:])
+        for k, r in enumerate(chunk):
+            window = (slice(None), slice(None), slice(None),
+                      *(slice(t * s, t * s + b) for t, s, b in zip(r, stride[1:], box_i[1:])))
+            if start == 0 and k == 0:
+                result[window] = product[k]  # still all zero there: a copy, not a sum
+            else:
+                result[window] += product[k]
         del product
     return DenseKernel(result, den, low)
 

@@ -43,7 +43,7 @@ __all__ = ["FlintOperator", "flint_vstack", "product_kernel", "to_fmpq", "fmpz_b
 
 #: the dense kernel is used when a product couples at least this many (o, m, c) channel
 #: triples ...
-DENSE_MIN_TRIPLES = 4096
+DENSE_MIN_TRIPLES = 512
 #: ... and at least this fraction of all ``C_out C_mid C_in`` triples
 DENSE_MIN_FILL = 0.25
 
@@ -93,7 +93,7 @@ class FlintOperator:
     the second form of the kernel is computed once, on demand, and cached."""
 
     __slots__ = ("ctx", "shape", "low", "stride", "upsample", "bias", "mag", "den", "_entries",
-                 "_dense")
+                 "_dense", "is_identity")
 
     def __init__(self, ctx: Any, shape: tuple[int, int], low: Sequence[int],
                  stride: Sequence[int], upsample: Sequence[int], bias: Sequence[Any],
@@ -112,6 +112,20 @@ class FlintOperator:
             raise ValueError("the dense kernel's denominator must be the operator's")
         self._entries = None if entries is None else tuple(tuple(row) for row in entries)
         self._dense = dense
+        #: set by :meth:`identity`: ``K = I``, rates 1, no bias (composing with it is free)
+        self.is_identity = False
+
+    @classmethod
+    def identity(cls, ctx: Any, channels: int) -> "FlintOperator":
+        """``K = I`` on ``channels`` channels (a skip connection, the network input)."""
+        flint = _flint()
+        one, zero = ctx.from_dict({(0,) * ctx.nvars(): 1}), ctx.from_dict({})
+        op = cls(ctx, (channels, channels), (0,) * ctx.nvars(), (1,) * ctx.nvars(),
+                 (1,) * ctx.nvars(), (flint.fmpq(0),) * channels, 1, 1,
+                 entries=[[one if i == j else zero for j in range(channels)]
+                          for i in range(channels)])
+        op.is_identity = True
+        return op
 
     # -- forms ------------------------------------------------------------------------------
     @property
@@ -202,6 +216,10 @@ class FlintOperator:
             return NotImplemented
         outer, inner = self, other
         check_composable(outer, inner)
+        if inner.is_identity:
+            return outer
+        if outer.is_identity:
+            return inner
         kernel = product_kernel(outer, inner)
         check_budget(product_bytes(outer, inner, kernel),
                      f"composing a {outer.out_channels}x{outer.in_channels} exact operator "

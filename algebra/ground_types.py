@@ -5,8 +5,8 @@ sympy picks its *ground types* once, when it is first imported, from
 python-flint is importable, else ``gmpy`` when gmpy2 is, else pure ``python``.  python-flint
 is a requirement of laurentnet (its exact collapse backend), so left alone sympy would
 switch to ``flint`` ground types, which made the sympy-ring path (symbolic weights, the
-prover, ``collapse(backend="sympy")``) about 1.4x slower than ``gmpy`` in our measurement
-(``benchmarks/peers.py`` prints both).  This module therefore sets
+prover, ``collapse(backend="sympy")``) 1.4-1.8x slower than ``gmpy`` in our measurements
+(``python benchmarks/peers.py --rows ground-types`` times both).  This module therefore sets
 ``SYMPY_GROUND_TYPES=gmpy`` as a *default* before the package first imports sympy: an
 explicit setting in the environment is kept, and if sympy was imported before laurentnet the
 choice has already been made and is only reported.

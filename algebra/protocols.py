@@ -110,6 +110,13 @@ class CollapseBackend(Protocol):
         """``{e: mask}``, ``mask[o, c]`` where ``K_{o,c}`` has a nonzero ``z^e`` term."""
     def bias_mask(self, op: Operator) -> np.ndarray:
         """Which output channels carry a nonzero bias."""
+    # the memory guard's model (algebra.footprint.FootprintModel): estimated before the walk
+    def operator_bytes(self, shape: Any) -> int:
+        """An operator of this :class:`~laurentnet.algebra.footprint.OperatorShape`, held."""
+    def layer_bytes(self, shape: Any) -> int:
+        """Building one layer's operator of this shape."""
+    def product_bytes(self, outer: Any, inner: Any, result: Any) -> int:
+        """Composing ``outer ∘ inner`` into ``result``, beyond holding the three."""
 
 
 def _members(protocol: type) -> tuple[str, ...]:

@@ -55,7 +55,7 @@ from .operator import ConvOperator, block_diag
 from .validate import describe, int_arg, sequence_arg
 
 __all__ = ["Coupling", "Dense", "Depthwise", "Pointwise", "Grouped", "Lean", "BlockCirculant",
-           "STRUCTURES", "weight_box"]
+           "STRUCTURES", "COUPLING_MEMBERS", "weight_box"]
 
 Box = tuple[tuple[int, ...], tuple[int, ...]]
 
@@ -823,3 +823,8 @@ class BlockCirculant(Coupling):
 STRUCTURES: dict[str, type[Coupling]] = {
     "dense": Dense, "depthwise": Depthwise, "pointwise": Pointwise, "grouped": Grouped,
     "lean": Lean, "block_circulant": BlockCirculant}
+
+#: what every coupling has on both twins (this module and :mod:`laurentnet.numeric.structured`)
+COUPLING_MEMBERS = ("shape", "out_channels", "in_channels", "ndim", "kernel_size", "box", "params",
+                    "macs_per_position", "macs", "dense", "to_weight", "adjoint", "from_dense",
+                    "from_weight", "__matmul__", "__add__", "__sub__", "__neg__", "__mul__")

@@ -57,3 +57,16 @@ __all__ += ["BasisConv", "collapse_basis_convs_", "ConvLayer", "find_conv_layers
             "Decomposition", "LayerDecomposition", "decompose", "decompose_layer",
             "FineTuneResult", "fine_tune", "Budget", "Selection", "SensitivityReport",
             "select_layers", "sensitivity"]
+
+# Low-cost couplings and PDE blocks (seed 002): structured convolutions, PDE residual steps
+from .lowcost_layers import (BlockCirculantConv2d, CouplingConv2d, DenseConv2d, DepthwiseConv2d,
+                             GroupedConv2d, LeanConv2d, PointwiseConv2d, make_coupling)
+from .pde_blocks import (DiffusionReaction, ExplicitPDEBlock, ImplicitDiffusion, ImplicitPDEBlock,
+                         StableStep, enforce_stability_, linear_pde_network, stable_step)
+from .lowcost_resnet import LowCostResNet, StructuredBasicBlock
+
+__all__ += ["CouplingConv2d", "DenseConv2d", "DepthwiseConv2d", "PointwiseConv2d",
+            "GroupedConv2d", "LeanConv2d", "BlockCirculantConv2d", "make_coupling",
+            "DiffusionReaction", "ExplicitPDEBlock", "ImplicitDiffusion", "ImplicitPDEBlock",
+            "StableStep", "stable_step", "enforce_stability_", "linear_pde_network",
+            "LowCostResNet", "StructuredBasicBlock"]

@@ -26,7 +26,7 @@ two convolutions, which :func:`laurentnet.bridge.convert` merges like any linear
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,6 +8,12 @@ the test accuracy measured at the end.  Any other model goes through a minimal l
 with the same objective (mean cross-entropy), optimizer and learning-rate schedule
 (AdamW, ``lr_t = lr (1 + cos(π t / T)) / 2``, seeded shuffling), evaluated on the test
 split the same way (:func:`laurentnet.bridge.trainer.evaluate`).
+
+Batch norm: a decomposed layer changes the statistics of what the batch norms after it
+see, and running statistics that lag behind (momentum 0.1) can make the eval-mode network
+much worse than the train-mode one.  With ``calibrate=True`` (the default) every batch
+norm's running statistics are set from the training images before and after the training
+(:func:`laurentnet.bridge.models.calibrate_batchnorm_`, no gradient step).
 """
 from __future__ import annotations
 
@@ -20,13 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..algebra.errors import InvalidInputError, InvalidTypeError
-from ..algebra.validate import int_arg, real_arg
+from ..algebra.validate import bool_arg, int_arg, real_arg
 from .data import Splits
-from .models.resnet import ResidualBlock
+from .models.resnet import ResidualBlock, calibrate_batchnorm_
 from .schedules import FixedSchedule
 from .trainer import TrainConfig, evaluate, train
 
-__all__ = ["FineTuneResult", "fine_tune"]
+__all__ = ["FineTuneResult", "fine_tune", "recalibrate_batchnorm_"]
 
 
 @dataclass
@@ -68,7 +74,7 @@ def _local_loop(model: nn.Module, data: Splits, epochs: int, lr: float, batch_si
 
 def fine_tune(model: nn.Module, data: Splits, *, epochs: int = 3, lr: float = 1e-3,
               batch_size: int = 64, seed: int = 0, weight_decay: float = 0.0,
-              progress: bool = False) -> FineTuneResult:
+              calibrate: bool = True, progress: bool = False) -> FineTuneResult:
     """Train ``model`` in place on ``data`` for ``epochs`` (module docstring) with AdamW at
     ``lr`` (cosine-annealed); returns the test loss and accuracy afterwards."""
     if not isinstance(model, nn.Module):
@@ -79,18 +85,29 @@ def fine_tune(model: nn.Module, data: Splits, *, epochs: int = 3, lr: float = 1e
     batch_size = int_arg(batch_size, "batch_size", minimum=1)
     lr = real_arg(lr, "lr", positive=True)
     weight_decay = real_arg(weight_decay, "weight_decay", minimum=0.0)
+    calibrate = bool_arg(calibrate, "calibrate")
     if batch_size > len(data.y_train):
         raise InvalidInputError(f"batch_size {batch_size} exceeds the {len(data.y_train)} "
                                 "training samples")
     start = time.perf_counter()
+    if calibrate:
+        recalibrate_batchnorm_(model, data)
     skip = _uniform_skip_weight(model)
     if skip is not None:
         config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer="adamw", lr=lr,
                              weight_decay=weight_decay, seed=seed)
-        result = train(model, data, FixedSchedule("constant", value=skip), config,
-                       progress=progress)
-        return FineTuneResult(result.test_loss, result.test_accuracy,
-                              time.perf_counter() - start, "trainer")
-    _local_loop(model, data, epochs, lr, batch_size, seed, weight_decay)
+        train(model, data, FixedSchedule("constant", value=skip), config, progress=progress)
+        loop = "trainer"
+    else:
+        _local_loop(model, data, epochs, lr, batch_size, seed, weight_decay)
+        loop = "local"
+    if calibrate:
+        recalibrate_batchnorm_(model, data)
     loss, accuracy = evaluate(model, data.x_test, data.y_test)
-    return FineTuneResult(loss, accuracy, time.perf_counter() - start, "local")
+    return FineTuneResult(loss, accuracy, time.perf_counter() - start, loop)
+
+
+def recalibrate_batchnorm_(model: nn.Module, data: Splits) -> nn.Module:
+    """Every batch norm's running statistics from the training images (no gradient step)."""
+    with torch.no_grad():
+        return calibrate_batchnorm_(model, data.x_train)

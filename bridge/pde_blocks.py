@@ -29,7 +29,7 @@ differentiated).
 ``Z = (I + h LᵀL)^{-1} Y`` solved exactly through the symbol on the periodic grid
 (circular padding only) by :func:`laurentnet.numeric.implicit_solve` (per frequency the
 Hermitian system ``(I + h M^H M) Ẑ = Ŷ``, Cholesky), with exact gradients
-(:class:`ImplicitSolve`: ``∂/∂Y = A^{-1}``, ``∂/∂w = −h (∇_w⟨K_w W, K Z⟩ + ∇_w⟨K_w Z, K W⟩)``,
+(:func:`implicit_diffusion`, a torch custom op: ``∂/∂Y = A^{-1}``, ``∂/∂w = −h (∇_w⟨K_w W, K Z⟩ + ∇_w⟨K_w Z, K W⟩)``,
 ``W = A^{-1} G``).  ``‖(I + hLᵀL)^{-1}‖ ≤ 1`` for every ``h ≥ 0``: unconditionally stable.
 :class:`ImplicitPDEBlock` is the IMEX step ``Y_{k+1} = (I + h LᵀL)^{-1}(Y_k + h F_K(Y_k))``.
 
@@ -39,9 +39,10 @@ package's trainer trains networks of them.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -52,11 +53,11 @@ from ..algebra.validate import choice_arg, describe, real_arg
 from ..numeric import implicit_solve, operator_norm
 from ..numeric.coupling_ops import adjoint_weight, conv_same
 from ..numeric.kernels import KernelOperator
-from .lowcost_layers import CouplingConv2d
+from .lowcost_layers import CouplingConv2d, DepthwiseConv2d
 from .models.resnet import ResidualBlock
 
-__all__ = ["StableStep", "stable_step", "DiffusionReaction", "ExplicitPDEBlock", "ImplicitSolve",
-           "ImplicitDiffusion", "ImplicitPDEBlock", "STABILITY", "enforce_stability_", "linear_pde_network"]
+__all__ = ["StableStep", "stable_step", "DiffusionReaction", "ExplicitPDEBlock", "implicit_diffusion",
+           "ImplicitDiffusion", "ImplicitPDEBlock", "diagonal_implicit_solve", "STABILITY", "enforce_stability_", "linear_pde_network"]
 
 STABILITY = (None, "clamp_h", "rescale_k")
 
@@ -149,6 +150,7 @@ class DiffusionReaction(nn.Module):
         self.margin = real_arg(margin, "margin", positive=True)
         if self.margin > 1:
             raise InvalidInputError(f"margin must be in (0, 1], got {margin}")
+        self.last_grid: tuple[int, ...] | None = None
 
     def reaction(self, y: torch.Tensor) -> torch.Tensor:
         """``F(Y) = −Kᵀ σ(N(K Y + b))``."""
@@ -161,8 +163,10 @@ class DiffusionReaction(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``h_eff F(Y)`` (after enforcing the step rule when training)."""
-        if self.training and self.stability is not None:
-            self.enforce_stability_(tuple(y.shape[-2:]))
+        if self.training:
+            self.last_grid = tuple(int(v) for v in y.shape[-2:])
+            if self.stability is not None:
+                self.enforce_stability_(self.last_grid)
         return self.h_effective * self.reaction(y)
 
     @property
@@ -216,36 +220,88 @@ class ExplicitPDEBlock(ResidualBlock):
         return self.step.stable_step(grid)
 
 
-class ImplicitSolve(torch.autograd.Function):
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the batched complex Cholesky solves on one thread: on this project's 2-core
+    machine ``torch.cholesky_solve`` on 420 complex 16x16 systems with 64 right-hand sides
+    took 1.6-6.7 s with 2 threads and 26 ms with 1 (torch 2.13, CPU)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@torch.library.custom_op("laurentnet::implicit_diffusion", mutates_args=())
+def implicit_diffusion(y: torch.Tensor, weight: torch.Tensor, padding: list[int],
+                       h: float) -> torch.Tensor:
     """``Z = (I + h K_wᵀ K_w)^{-1} Y`` on the periodic grid, ``K_w`` the circular "same"
-    convolution with ``weight`` and left ``padding``; exact gradients (module docstring)."""
+    convolution with ``weight`` (``(C_out, C_in, k, k)``) and left ``padding``, by
+    :func:`laurentnet.numeric.implicit_solve`; exact gradients (module docstring).  A torch
+    custom op: traced as one node (``laurentnet.implicit_diffusion``), which the bridge's
+    converter keeps as a boundary."""
+    op = KernelOperator.from_weight(weight, padding=tuple(padding), dtype=weight.dtype)
+    with _one_thread():
+        return implicit_solve(op, y, h).to(y.dtype).contiguous()
 
-    @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
-                h: float) -> torch.Tensor:
-        op = KernelOperator.from_weight(weight.detach(), padding=padding, dtype=weight.dtype)
-        z = implicit_solve(op, y.detach(), h).to(y.dtype)
-        ctx.save_for_backward(z, weight)
-        ctx.op, ctx.padding, ctx.h = op, padding, h
-        return z
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        z, weight = ctx.saved_tensors
-        w = implicit_solve(ctx.op, grad.contiguous(), ctx.h).to(grad.dtype)
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            with torch.enable_grad():
-                wt = weight.detach().requires_grad_(True)
-                kz = conv_same(z, wt, ctx.padding, 1, "circular")
-                kw = conv_same(w, wt, ctx.padding, 1, "circular")
-                s = (kz * kw.detach()).sum() + (kw * kz.detach()).sum()
-                grad_weight = -ctx.h * torch.autograd.grad(s, wt)[0]
-        return w, grad_weight, None, None
+@implicit_diffusion.register_fake
+def _implicit_diffusion_shape(y: torch.Tensor, weight: torch.Tensor, padding: list[int],
+                              h: float) -> torch.Tensor:
+    return torch.empty_like(y)
+
+
+def _implicit_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    _, weight, padding, h = inputs
+    ctx.save_for_backward(output, weight)
+    ctx.padding, ctx.h = tuple(padding), h
+
+
+def _implicit_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    """``∂L/∂Y = W = A^{-1} G`` (``A`` symmetric) and ``∂L/∂w = −h ∇_w(⟨K_w W, K Z⟩ +
+    ⟨K_w Z, K W⟩)`` with the second factors held fixed."""
+    z, weight = ctx.saved_tensors
+    w = implicit_diffusion(grad.contiguous(), weight.detach(), list(ctx.padding), ctx.h)
+    with torch.enable_grad():
+        wt = weight.detach().requires_grad_(True)
+        kz = conv_same(z.detach(), wt, ctx.padding, 1, "circular")
+        kw = conv_same(w, wt, ctx.padding, 1, "circular")
+        s = (kz * kw.detach()).sum() + (kw * kz.detach()).sum()
+        grad_weight = -ctx.h * torch.autograd.grad(s, wt)[0]
+    return w, grad_weight, None, None
+
+
+implicit_diffusion.register_autograd(_implicit_backward, setup_context=_implicit_setup)
+
+
+def _periodic_taps(weight: torch.Tensor, padding: Sequence[int], n: Sequence[int]) -> torch.Tensor:
+    """``P[c, m] = Σ_{p − a ≡ m (mod n)} w[c, 0, a]``: a depthwise kernel folded onto the
+    ``n``-periodic grid (differentiable)."""
+    c, _, k1, k2 = weight.shape
+    rows = (padding[0] - torch.arange(k1)) % n[0]
+    cols = (padding[1] - torch.arange(k2)) % n[1]
+    out = weight.new_zeros(c, n[0], n[1])
+    index = (slice(None), rows[:, None].expand(k1, k2), cols[None, :].expand(k1, k2))
+    return out.index_put((torch.arange(c)[:, None, None].expand(c, k1, k2), *index[1:]),
+                         weight[:, 0], accumulate=True)
+
+
+def diagonal_implicit_solve(y: torch.Tensor, weight: torch.Tensor, padding: Sequence[int],
+                            h: float) -> torch.Tensor:
+    """``(I + h DᵀD)^{-1} Y`` for a *depthwise* ``D`` (weight ``(C, 1, k, k)``): its symbol
+    is diagonal, so per channel and frequency ``Ẑ = Ŷ / (1 + h |m_c|²)`` with ``m_c`` the
+    FFT of the folded kernel — the same solve as :func:`laurentnet.numeric.implicit_solve`
+    (tested to round-off), elementwise, differentiated by autograd."""
+    n = tuple(y.shape[-2:])
+    m = torch.fft.rfft2(_periodic_taps(weight, padding, n))
+    return torch.fft.irfft2(torch.fft.rfft2(y) / (1 + h * (m.real ** 2 + m.imag ** 2)), s=n)
 
 
 class ImplicitDiffusion(nn.Module):
-    """``Z = (I + h LᵀL)^{-1} Y`` exactly through the symbol (circular padding only)."""
+    """``Z = (I + h LᵀL)^{-1} Y`` exactly through the symbol (circular padding only):
+    :func:`implicit_diffusion` (:func:`laurentnet.numeric.implicit_solve`, one Hermitian system
+    per frequency) in general, :func:`diagonal_implicit_solve` for a depthwise ``L``."""
 
     def __init__(self, coupling: CouplingConv2d, h: float = 0.1):
         super().__init__()
@@ -254,16 +310,18 @@ class ImplicitDiffusion(nn.Module):
             raise InvalidInputError("the implicit step is solved through the symbol on the periodic "
                                     "grid: the coupling needs padding_mode='circular', got "
                                     f"{coupling.padding_mode!r}")
-        self.register_buffer("h", torch.tensor(real_arg(h, "h", minimum=0), dtype=torch.float64))
+        self.h = real_arg(h, "h", minimum=0)  # a constant of the layer (not trained)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return ImplicitSolve.apply(y, self.coupling.dense_weight(), self.coupling.padding,
-                                   float(self.h))
+        c = self.coupling
+        if isinstance(c, DepthwiseConv2d):
+            return diagonal_implicit_solve(y, c.weight, c.padding, self.h)
+        return implicit_diffusion(y, c.dense_weight(), list(c.padding), self.h)
 
     def residual_norm(self, y: torch.Tensor, z: torch.Tensor) -> float:
         """``max |(I + h LᵀL) Z − Y|`` by the layer's own convolutions (a check)."""
         with torch.no_grad():
-            lhs = z + float(self.h) * self.coupling.adjoint(self.coupling(z))
+            lhs = z + self.h * self.coupling.adjoint(self.coupling(z))
             return float((lhs - y).abs().max())
 
 
@@ -289,9 +347,18 @@ class ImplicitPDEBlock(ResidualBlock):
 
 
 @torch.no_grad()
-def enforce_stability_(model: nn.Module, grid: int | Sequence[int]) -> list[StableStep]:
-    """Apply every explicit block's rule (``clamp_h`` when it has none) on ``grid``."""
-    return [m.enforce_stability_(grid) for m in model.modules() if isinstance(m, DiffusionReaction)]
+def enforce_stability_(model: nn.Module, grid: int | Sequence[int] | None = None) -> list[StableStep]:
+    """Apply every :class:`DiffusionReaction`'s rule (``clamp_h`` when it has none) on
+    ``grid``, or on the grid of its last training input (after training: the final
+    optimizer step changed ``K`` after the last enforcement)."""
+    steps = []
+    for m in model.modules():
+        if isinstance(m, DiffusionReaction):
+            n = grid if grid is not None else getattr(m, "last_grid", None)
+            if n is None:
+                raise InvalidInputError("a block has not seen a training input yet: give grid=")
+            steps.append(m.enforce_stability_(n))
+    return steps
 
 
 def linear_pde_network(blocks: Sequence[ExplicitPDEBlock], channels: int) -> Network:

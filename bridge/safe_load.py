@@ -42,14 +42,14 @@ from torch import nn
 
 from ..algebra.errors import InvalidTypeError, LaurentnetError
 from ..algebra.validate import describe, optional_str_arg
-from .models import resnet18, resnet34, resnet_tiny
+from .models import MODELS
 
 __all__ = ["CheckpointError", "LoadedModel", "ARCHS", "STATE_DICT_SUFFIXES", "load",
            "load_program", "read_state_dict", "load_state_dict_into", "load_factory"]
 
 #: Architectures a state dict can be loaded into: name -> constructor (keyword options).
-ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18, "resnet34": resnet34, "resnet_tiny": resnet_tiny}
+#: (the ResNet family of :mod:`bridge.models.resnet`, so ``laurentnet train`` checkpoints load)
+ARCHS: dict[str, Callable[..., nn.Module]] = dict(MODELS)
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

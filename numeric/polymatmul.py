@@ -40,13 +40,16 @@ def product_workspace_bytes(c_out: int, c_mid: int, c_in: int, k_outer: Sequence
     """Peak bytes :func:`polymatmul` allocates for a ``c_out x c_mid`` kernel of (dilated)
     size ``k_outer`` times a ``c_mid x c_in`` kernel of size ``k_inner``, result included:
     the result, its support mask and masked copy, the inflated outer kernel, and for
-    ``'fft'`` the three complex spectra (``'conv'``: the padded input)."""
+    ``'fft'`` the factors zero-padded to the grid, their spectra and the contiguous copies
+    the batched product reads, and the product's spectrum (``'conv'``: the padded input)."""
     size = tuple(a + b - 1 for a, b in zip(k_outer, k_inner))
     out = estimate_bytes((c_out, c_in, *size), dtype)
     need = 3 * out + estimate_bytes((c_out, c_mid, *k_outer), dtype)
     if method == "fft":
         n_freq = int(np.prod(size[:-1])) * (size[-1] // 2 + 1)
-        need += n_freq * 2 * estimate_bytes((c_out * c_mid + c_mid * c_in + c_out * c_in,), dtype)
+        factors = c_out * c_mid + c_mid * c_in
+        need += n_freq * 2 * estimate_bytes((2 * factors + c_out * c_in,), dtype)
+        need += estimate_bytes((factors, *size), dtype)
     else:
         need += estimate_bytes((c_in, c_mid, *size), dtype)  # the padded input
     return need

@@ -198,6 +198,10 @@ class Dense(Coupling):
                     dtype: torch.dtype = torch.float64) -> "Dense":
         return cls(KernelOperator.from_weight(weight, padding=padding, dtype=dtype))
 
+    @classmethod
+    def from_dense(cls, op: KernelOperator, box: Box | None = None) -> "Dense":
+        return cls(op, box)
+
     shape = property(lambda self: self.operator.shape)
     params = property(lambda self: self.out_channels * self.in_channels * _volume(self.box))
     macs_per_position = property(lambda self: self.params)
@@ -668,4 +672,4 @@ def channel_dft(circulant: BlockCirculant) -> ChannelDFT:
     m = circulant.m
     r = torch.arange(m, dtype=torch.float64)
     forward = torch.exp(-2j * math.pi * torch.outer(r, r) / m)
-    return ChannelDFT(circulant, forward, torch.fft.ifft(a, dim=0, norm="forward"))
+    return ChannelDFT(circulant, forward, torch.fft.ifft(a, dim=0, norm="forward").resolve_conj())

@@ -10,6 +10,7 @@ from torch import nn
 from laurentnet.algebra import InvalidInputError
 from laurentnet.bridge import BasisConv, collapse_basis_convs_, convert, count_layers
 from laurentnet.numeric import factorize
+from basis_fixtures import one_torch_thread  # noqa: F401,E402  (autouse)
 
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 FUNCTIONAL = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

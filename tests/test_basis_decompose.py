@@ -12,6 +12,7 @@ from laurentnet.bridge import BasisConv, decompose, find_conv_layers
 from laurentnet.bridge.conv_layers import substituted_weights, tensor_at
 from laurentnet.bridge.decompose import low_rank_weights
 from laurentnet.bridge.models import build_resnet, randomize_batchnorm_
+from basis_fixtures import one_torch_thread  # noqa: F401,E402  (autouse)
 
 
 @pytest.fixture(scope="module")

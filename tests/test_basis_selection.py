@@ -11,9 +11,10 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from laurentnet.algebra import InvalidInputError
-from laurentnet.bridge import (BasisConv, Budget, decompose, digits, find_conv_layers, fine_tune,
+from laurentnet.bridge import (BasisConv, Budget, decompose, digits, fine_tune,
                                select_layers, sensitivity)
 from laurentnet.bridge.models import build_resnet, randomize_batchnorm_
+from basis_fixtures import one_torch_thread  # noqa: F401,E402  (autouse)
 
 
 @pytest.fixture(scope="module")

@@ -112,10 +112,12 @@ def test_both_affine_maps_satisfy_one_contract():
     assert isinstance(exact, ExactAffineMap) and isinstance(float_, FloatAffineMap)
 
 
-@pytest.mark.parametrize("backend", ["algebra", "numeric"])
+@pytest.mark.parametrize("backend", ["algebra", "flint", "numeric"])
 def test_both_collapse_backends_satisfy_the_protocol(backend):
+    from laurentnet.algebra.flint_backend import FlintBackend
     net = _network()
-    b = AlgebraBackend(net) if backend == "algebra" else NumericBackend(net, torch.float64)
+    b = {"algebra": AlgebraBackend, "flint": FlintBackend}[backend](net) \
+        if backend != "numeric" else NumericBackend(net, torch.float64)
     assert isinstance(b, CollapseBackend)
     assert not [m for m in COLLAPSE_BACKEND_MEMBERS if not callable(getattr(b, m, None))]
 
