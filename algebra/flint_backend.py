@@ -1,10 +1,11 @@
 """The exact collapse backend on python-flint, for networks whose weights are numbers (QQ).
 
 :class:`FlintBackend` is a :class:`~laurentnet.algebra.protocols.CollapseBackend` for
-:func:`~laurentnet.algebra.collapse.collapse_walk`: each layer's exact operator is made as on
-the sympy side (``node.operator(ring, shape)``, so layouts, padding and pooling have one
-definition) and converted to a :class:`~laurentnet.algebra.flint_operator.FlintOperator`;
-products, sums and stacks run on FLINT; :meth:`FlintBackend.to_conv_operator` turns the
+:func:`~laurentnet.algebra.collapse.collapse_walk`: a convolution's operator is built
+straight from its weights as integers over one denominator (:func:`conv_operator`, the
+conventions of :func:`algebra.layout.operator_from_weight`; sympy would cost more than the
+products), every other layer's is made on the sympy side (``node.operator(ring, shape)``)
+and converted (:func:`from_conv_operator`); products, sums and stacks run on FLINT; :meth:`FlintBackend.to_conv_operator` turns the
 result back into the :class:`~laurentnet.algebra.ConvOperator` the sympy path returns —
 equal entry for entry (``tests/test_flint_backend.py`` checks it on random networks).
 
@@ -33,7 +34,7 @@ from .footprint import OperatorShape
 from .laurent import LaurentPoly
 from .memory import EXACT_TERM_BYTES
 from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
-                      GlobalAvgPool, Input, Linear, Network, Split)
+                      GlobalAvgPool, Input, Linear, Network)
 from .operator import ConvOperator
 
 __all__ = ["FlintBackend", "flint_available", "network_sizes", "from_conv_operator",

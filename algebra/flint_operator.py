@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidTypeError
+from .errors import InvalidTypeError
 from .flint_dense import (CHUNK_ENTRIES, DenseKernel, dense_align, dense_from_entries,
                           dense_product, dense_to_entries)
 from .memory import check_budget

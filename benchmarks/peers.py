@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -65,15 +64,9 @@ def interleaved(functions: dict[str, Callable[[], Any]], repeats: int) -> dict[s
 
 # -- exact collapse ---------------------------------------------------------------------------
 def rational_weights(seed: int, layers: int, channels: int) -> list[np.ndarray]:
-    import sympy
-    rng = random.Random(seed)
-    out = []
-    for _ in range(layers):
-        w = np.empty((channels, channels, 3, 3), dtype=object)
-        for index in np.ndindex(w.shape):
-            w[index] = sympy.Rational(rng.randint(-9, 9), rng.randint(1, 9))
-        out.append(w)
-    return out
+    """Random rationals ``p/q`` (|p|, q <= 9), as in ``benchmarks/symbolic.py``."""
+    from symbolic import random_weights  # this folder is on sys.path when run as a script
+    return random_weights(seed, layers, channels)
 
 
 def float32_weights(seed: int, layers: int, channels: int) -> list[np.ndarray]:
@@ -253,14 +246,12 @@ def table(r: dict[str, Any]) -> str:
         out.append(f"\n{label}: {row['layers']} layers x {row['channels']} channels of 3x3")
         cpu = row["cpu_seconds"]
         out.append(f"  {'path':<48}{'seconds':>10}{'cpu s':>9}{'ratio':>9}")
-        out.append(f"  {'laurentnet collapse (auto: python-flint)':<48}{s['package']:>10.3f}"
-                   f"{cpu['package']:>9.3f}{'1.00':>9}")
-        if "flint" in s:
-            out.append(f"  {'bare python-flint fmpq_mpoly, same products':<48}{s['flint']:>10.3f}"
-                       f"{cpu['flint']:>9.3f}{s['flint'] / s['package']:>9.2f}")
-        if "sympy" in s:
-            out.append(f"  {'laurentnet collapse, backend=sympy':<48}{s['sympy']:>10.3f}"
-                       f"{cpu['sympy']:>9.3f}{s['sympy'] / s['package']:>9.2f}")
+        for key, label in (("package", "laurentnet collapse (auto: python-flint)"),
+                           ("flint", "bare python-flint fmpq_mpoly, same products"),
+                           ("sympy", "laurentnet collapse, backend=sympy")):
+            if key in s:
+                out.append(f"  {label:<48}{s[key]:>10.3f}{cpu[key]:>9.3f}"
+                           f"{s[key] / s['package']:>9.2f}")
         if "agree" in row:
             out.append(f"  package / bare flint = {row['package_over_flint']:.2f} (target <= 2); "
                        f"results agree term by term: {row['agree']}")
