@@ -5,19 +5,21 @@ On scikit-learn's digits (8×8) and the same digits resized to 28×28, the same 
 ``--blocks`` blocks at widths 16 and 32 with a 1×1 + avg-pool transition, global pooling,
 a linear classifier; circular padding everywhere) with different blocks:
 
-==================  =========================================================================
-``resnet_dense``    ``relu(Y + BN(K2 relu(BN(K1 Y))))``, ``K`` fully coupled 3×3 (the baseline)
-``resnet_lean``     the same with lean ``K`` (depthwise 3×3 + 1×1)
-``resnet_circ``     the same with block-circulant ``K`` (4 blocks, FFT over channels)
-``pde_explicit``    ``Y − h Kᵀ relu(BN(K Y))``, lean ``K``, ``h`` clamped to ``0.9 h_max``
-``pde_implicit``    ``(I + h LᵀL)^{-1}(Y − h Kᵀ relu(BN(K Y)))``, lean ``K``, depthwise ``L``
-==================  =========================================================================
+=======================  ====================================================================
+``resnet_dense``         ``relu(Y + BN(K2 relu(BN(K1 Y))))``, ``K`` fully coupled 3×3 (the baseline)
+``resnet_lean``          the same with lean ``K`` (depthwise 3×3 + 1×1)
+``resnet_circ``          the same with block-circulant ``K`` (4 blocks, FFT over channels)
+``pde_explicit``         ``Y − h Kᵀ relu(BN(K Y))``, lean ``K``, ``h = 0.5`` fixed (no step rule)
+``pde_explicit_stable``  the same with ``h`` clamped to ``0.9 h_max`` at every training step
+``pde_implicit``         ``(I + h LᵀL)^{-1}(Y − h Kᵀ relu(BN(K Y)))``, lean ``K``, depthwise ``L``,
+                         ``h = 0.5`` (the implicit diffusion is stable for every ``h``)
+=======================  ====================================================================
 
 Each variant is trained from the same seed with the package's trainer
 (:func:`laurentnet.bridge.trainer.train`: AdamW, cosine learning rate, batch 64, constant
-skip weight 1, deterministic, ``--threads`` threads), then for the PDE variants the step
-rule is applied once more after the last optimizer step (``enforce_stability_``) and the
-test accuracy is measured on the model as deployed.  Per row:
+skip weight 1, deterministic, ``--threads`` threads), then for ``pde_explicit_stable`` the
+step rule is applied once more after the last optimizer step (``enforce_stability_``) and
+the test accuracy is measured on the model as deployed.  Per row:
 
 * ``params`` (all trainable weights) and ``coupling`` (the weights of the block couplings);
 * ``MACs`` per image: torch's FLOP counter on one eval forward, ÷ 2 — convolutions and the
@@ -28,9 +30,10 @@ test accuracy is measured on the model as deployed.  Per row:
   median of interleaved rounds (:func:`laurentnet.bridge.timing.interleaved_times`), and
   the median per-round ratio to the dense ResNet's time;
 * ``acc`` test accuracy (360 test images), ``train`` seconds, and for PDE variants the
-  largest ``h_eff / h_max`` of their explicit steps on their grids (≤ 1: stable).
+  largest ``h_eff / h_max`` of their explicit steps on their grids (≤ 1: every step
+  non-expansive; above 1 the linearized step amplifies its top mode).
 
-    python benchmarks/lowcost.py [--sizes 8,28] [--epochs 20,6] [--variants ...] [--threads 1]
+    python benchmarks/lowcost.py [--sizes 8,28] [--epochs 20,12] [--variants ...] [--threads 1]
                                  [--repeats 5] [--seed 0] [--json]
 
 One table per run, or one JSON object with ``--json`` (``rows``: one object per variant and
@@ -61,14 +64,15 @@ from laurentnet.bridge.schedules import FixedSchedule  # noqa: E402
 from laurentnet.bridge.timing import interleaved_times  # noqa: E402
 from laurentnet.bridge.trainer import TrainConfig, evaluate, train  # noqa: E402
 
-PDE = {"stability": "clamp_h", "margin": 0.9}
+STABLE = {"stability": "clamp_h", "margin": 0.9}
 VARIANTS: dict[str, dict[str, Any]] = {
     "resnet_dense": dict(block="residual", coupling="dense"),
     "resnet_lean": dict(block="residual", coupling="lean"),
     "resnet_circ": dict(block="residual", coupling="block_circulant",
                         coupling_options={"blocks": 4}),
-    "pde_explicit": dict(block="pde_explicit", coupling="lean", pde_options=PDE),
-    "pde_implicit": dict(block="pde_implicit", coupling="lean", pde_options=PDE),
+    "pde_explicit": dict(block="pde_explicit", coupling="lean"),
+    "pde_explicit_stable": dict(block="pde_explicit", coupling="lean", pde_options=STABLE),
+    "pde_implicit": dict(block="pde_implicit", coupling="lean"),
 }
 BASELINE = "resnet_dense"
 
@@ -76,7 +80,7 @@ BASELINE = "resnet_dense"
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="8,28", help="image sizes (digits resized), comma separated")
-    p.add_argument("--epochs", default="20,6", help="epochs per size (one value: all sizes)")
+    p.add_argument("--epochs", default="20,12", help="epochs per size (one value: all sizes)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     p.add_argument("--blocks", type=int, default=2, help="blocks per stage")
     p.add_argument("--h", type=float, default=0.5, help="PDE step before the step rule")
@@ -117,8 +121,9 @@ def step_ratio(model: torch.nn.Module) -> float | None:
 
 
 def enforce_seconds(model: torch.nn.Module, repeats: int) -> float | None:
-    """Median seconds of applying the step rule to every block once (one training step)."""
-    if not any(isinstance(m, DiffusionReaction) for m in model.modules()):
+    """Median seconds of applying the step rule to every block once (one training step);
+    None for a model without a rule."""
+    if not any(isinstance(m, DiffusionReaction) and m.stability for m in model.modules()):
         return None
     probe = copy.deepcopy(model)
     samples = []
@@ -136,7 +141,7 @@ def train_variant(name: str, data: Any, epochs: int, args: argparse.Namespace) -
           TrainConfig(epochs=epochs, batch_size=64, optimizer="adamw", seed=args.seed,
                       threads=args.threads), progress=False)
     seconds = time.perf_counter() - start
-    if any(isinstance(m, DiffusionReaction) for m in model.modules()):
+    if any(isinstance(m, DiffusionReaction) and m.stability for m in model.modules()):
         enforce_stability_(model)          # the last optimizer step came after the last rule
     _, accuracy = evaluate(model.eval(), data.x_test, data.y_test)
     return {"model": model, "accuracy": accuracy, "train_seconds": seconds}

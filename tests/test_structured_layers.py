@@ -7,7 +7,6 @@ multiply-add counts equal ``numel`` and torch's FLOP counter.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st

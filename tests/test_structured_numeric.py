@@ -85,10 +85,10 @@ def test_twins_agree_on_structure_counts_and_algebra():
 
 def test_both_twins_have_the_coupling_members():
     from laurentnet.algebra.structured import COUPLING_MEMBERS
-    for name in algebra.STRUCTURES:
-        for cls in (algebra.STRUCTURES[name], numeric.STRUCTURES[name]):
-            missing = [m for m in COUPLING_MEMBERS if not hasattr(cls, m)]
-            assert not missing, f"{cls.__module__}.{cls.__name__} lacks {missing}"
+    for name, s in _structures(np.random.default_rng(4)).items():
+        for twin in (s, s.to_algebra()):
+            missing = [m for m in COUPLING_MEMBERS if not hasattr(twin, m)]
+            assert not missing, f"{type(twin).__module__}.{type(twin).__name__} lacks {missing}"
 
 
 def test_from_dense_tolerance_and_refusal():
