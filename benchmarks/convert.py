@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ from laurentnet.bridge.convert import convert, count_layers  # noqa: E402
 from laurentnet.bridge.models.reparam import (deploy, mobileone_net, randomize_bn_,  # noqa: E402
                                               repvgg_net, resnet18_relu)
 from laurentnet.bridge.models.resnet import resnet34  # noqa: E402
+from laurentnet.bridge.timing import interleaved_times  # noqa: E402
 from laurentnet.bridge.verify import tolerance_for  # noqa: E402
 
 
@@ -82,34 +81,16 @@ def cases(quick: bool, linear_mode: str) -> list[Case]:
     ]
 
 
-def _calls_per_sample(fn: Callable[[], Any], min_seconds: float) -> int:
-    """Calls per timed sample so that a sample lasts at least ``min_seconds`` (after a
-    warm-up call; 1 for slow calls)."""
-    fn()
-    t = time.perf_counter()
-    fn()
-    return max(1, math.ceil(min_seconds / max(time.perf_counter() - t, 1e-9)))
-
-
-def _sample(fn: Callable[[], Any], k: int) -> float:
-    t = time.perf_counter()
-    for _ in range(k):
-        fn()
-    return (time.perf_counter() - t) / k
-
-
 def paired_times(original: Callable[[], Any], converted: Callable[[], Any], repeats: int,
                  min_seconds: float = 0.05) -> dict[str, float]:
-    """Median seconds per call of both functions, timed in alternating samples (so both see
-    the same machine load), and the median of the per-pair ratios ``original/converted``;
-    ``spread`` is the largest max/min sample ratio of the two (far above 1: a busy machine)."""
-    k_orig = _calls_per_sample(original, min_seconds)
-    k_conv = _calls_per_sample(converted, min_seconds)
-    pairs = [(_sample(original, k_orig), _sample(converted, k_conv)) for _ in range(repeats)]
-    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
-    return {"original_s": statistics.median(a), "converted_s": statistics.median(b),
-            "ratio": statistics.median(x / y for x, y in pairs),
-            "spread": max(max(a) / min(a), max(b) / min(b))}
+    """Median seconds per call of both functions, timed in interleaved rounds
+    (:func:`laurentnet.bridge.timing.interleaved_times`: both see the same machine load),
+    and the median of the per-round ratios ``original/converted``; ``spread`` is the
+    largest max/min sample ratio of the two (far above 1: a busy machine)."""
+    t = interleaved_times({"original": original, "converted": converted}, repeats, min_seconds)
+    return {"original_s": t.median["original"], "converted_s": t.median["converted"],
+            "ratio": t.ratio("original", "converted"),
+            "spread": max(t.spread("original"), t.spread("converted"))}
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
