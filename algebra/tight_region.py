@@ -29,7 +29,7 @@ from .exact_forward import forward_exact
 from .network import Network
 from .signal import apply_operator
 
-__all__ = ["tighten_region", "check_cost", "TIGHT_AUTO_LIMIT", "ERROR_PROBABILITY_BITS",
+__all__ = ["tighten_region", "check_cost", "evaluation_cost", "TIGHT_AUTO_LIMIT", "ERROR_PROBABILITY_BITS",
            "RANDOM_BITS"]
 
 #: ``tight="auto"`` checks when :func:`check_cost` is at most this many exact
@@ -45,6 +45,12 @@ ERROR_PROBABILITY_BITS = 2 * (RANDOM_BITS + 1)
 def check_cost(network: Network, shapes: dict[str, tuple[int, ...]], operator: Any) -> int:
     """Exact multiply-adds of the three evaluations: the network's layers (weights times
     output positions) and the operator's terms times the input positions."""
+    terms = sum(len(e.poly) for row in operator.matrix for e in row)
+    return evaluation_cost(network, shapes, terms)
+
+
+def evaluation_cost(network: Network, shapes: dict[str, tuple[int, ...]], terms: int) -> int:
+    """:func:`check_cost` for an operator of ``terms`` nonzero coefficients."""
     from .network import AvgPool, Conv, ConvTranspose, GlobalAvgPool
     macs = 0
     for name in network.order():
@@ -58,7 +64,6 @@ def check_cost(network: Network, shapes: dict[str, tuple[int, ...]], operator: A
             macs += int(np.prod(shapes[node.input]))
         else:
             macs += out
-    terms = sum(len(e.poly) for row in operator.matrix for e in row)
     return 3 * (macs + terms * int(np.prod(shapes["input"][1:])))
 
 

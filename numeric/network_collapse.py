@@ -162,16 +162,45 @@ def _apply_bytes(op: KernelOperator, batch_shape: Sequence[int], out_shape: Sequ
 
 def collapse_numeric(network: Network, input_shape: Sequence[int], *,
                      dtype: torch.dtype = torch.float64, periodic: bool | None = None,
-                     budget: Any = None) -> NumericCollapse:
+                     budget: Any = None, tight: bool | str = "auto") -> NumericCollapse:
     """Collapse a linear network to one :class:`KernelOperator` and its exact region.
     ``budget`` (bytes or a size like ``"200M"``; default the budget in force) bounds the
-    walk's estimated peak memory, checked from the shapes before anything is built."""
+    walk's estimated peak memory, checked from the shapes before anything is built.
+
+    ``tight`` as in :func:`algebra.collapse`: the propagated region is tight for generic
+    weights; ``True`` also decides every outside position for *these* weights (the
+    network's exact values) by the exact collapse and :mod:`algebra.tight_region`
+    (error probability at most ``2^-64`` per added position), ``"auto"`` when that check
+    costs at most :data:`~algebra.tight_region.TIGHT_AUTO_LIMIT` exact multiply-adds,
+    ``False`` never.  On the region the float operator equals the network to round-off."""
+    if tight not in (True, False, "auto"):
+        raise InvalidInputError(f"tight must be True, False or 'auto', got {tight!r}")
     if not isinstance(network, Network):
         raise InvalidTypeError(f"collapse_numeric needs an algebra Network, got {type(network).__name__}")
     check_float_dtype(dtype)
     walk = collapse_walk(network, input_shape, NumericBackend(network, dtype), periodic, budget)
+    region, tight_for = _tight_region(network, walk, tight, budget)
     return NumericCollapse(walk.operator, tuple(walk.shapes["input"]),
-                           tuple(walk.shapes[network.output_name]), walk.region, walk.periodic)
+                           tuple(walk.shapes[network.output_name]), region, walk.periodic,
+                           tight_for)
+
+
+def _tight_region(network: Network, walk: Any, tight: bool | str, budget: Any
+                  ) -> tuple[np.ndarray, str]:
+    """The walk's region, tightened for the network's own weights when ``tight`` asks
+    (the exact twin's rule; the check's cost is estimated with the float operator's
+    coefficient count as the exact operator's term count, an upper bound)."""
+    region = walk.region
+    if walk.periodic or region.all() or tight is False:
+        return region, "generic weights"
+    from ..algebra.collapse import collapse
+    from ..algebra.tight_region import TIGHT_AUTO_LIMIT, evaluation_cost
+    terms = walk.operator.coeffs.numel()  # an upper bound on the exact operator's terms
+    if tight == "auto" and evaluation_cost(network, walk.shapes, terms) > TIGHT_AUTO_LIMIT:
+        return region, "generic weights"
+    exact = collapse(network, tuple(walk.shapes["input"]), periodic=False, budget=budget,
+                     tight=True)
+    return region | exact.region, exact.tight_for
 
 
 def affine_numeric(network: Network, input_shape: Sequence[int], *, method: str = "auto",

@@ -122,3 +122,36 @@ def test_the_random_inputs_are_fresh_and_wide():
     a = _random_input((1, 50), random.Random(1))
     b = _random_input((1, 50), random.Random(2))
     assert (a != b).any() and max(abs(int(v)) for v in a.ravel()) > 2 ** (RANDOM_BITS - 8)
+
+
+def _check_numeric_twin(net: Network, shape):
+    """The float twin: the same tight region as the exact collapse, and on it the float
+    operator equals the network (torch float64) to round-off."""
+    from laurentnet.numeric import collapse_numeric
+    exact = collapse(net, shape, periodic=False, tight=True)
+    numeric = collapse_numeric(net, shape, periodic=False, tight=True)
+    np.testing.assert_array_equal(numeric.region, exact.region)
+    assert numeric.tight_for == exact.tight_for
+    for x in _inputs(shape, seed=3):
+        xt = torch.tensor(x[None], dtype=torch.float64)
+        want = network_forward(net, xt)[0].numpy()
+        got = numeric.apply(xt)[0].numpy()
+        assert np.isclose(got, want, rtol=1e-12, atol=1e-9).all(axis=0)[numeric.region].all()
+    generic = collapse_numeric(net, shape, periodic=False, tight=False)
+    assert generic.tight_for == "generic weights" and (generic.region <= numeric.region).all()
+
+
+def test_numeric_collapse_tightens_like_the_exact_one():
+    _check_numeric_twin(_chain([([2], 2, "zeros"), ([1, -1, 3], 1, "reflect"),
+                                ([1, 2], 1, "replicate")]), (1, 5))
+    net = Network(1, 1)
+    a = net.conv(net.input, np.array([[[1, 2, 3]]]), padding=1, padding_mode="reflect")
+    b = net.conv(net.input, np.array([[[1, 1, 1]]]), padding=1)
+    net.set_output(net.add(a, b, coefficients=[0, 1]))
+    _check_numeric_twin(net, (1, 6))
+
+
+def test_numeric_tight_argument_is_checked():
+    from laurentnet.numeric import collapse_numeric
+    with pytest.raises(ValueError, match="tight"):
+        collapse_numeric(_chain([([1], 0, "zeros")]), (1, 3), tight="yes")
