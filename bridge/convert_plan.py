@@ -9,10 +9,8 @@ segment's own input value from one run of the model).
 """
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,10 +21,11 @@ from .convert_emit import segment_modules
 from .convert_merge import MergedExit, merge_exits, node_macs, original_macs
 from .convert_report import BoundaryReport, SegmentReport
 from .linear_ops import Boundary, LinearOp
+from .timing import interleaved_times
 from .segments import NotMergeable, Partition, Segment, partition
 from .trace import ConversionError, TracedModel, check_example_input, model_dtype, trace_model
 
-__all__ = ["Analysis", "analyse", "display_nodes", "segment_report", "plan_segments", "median_seconds",
+__all__ = ["Analysis", "analyse", "display_nodes", "segment_report", "plan_segments",
            "partial_region", "notes"]
 
 
@@ -97,17 +96,6 @@ def segment_report(a: Analysis, segment: Segment) -> SegmentReport:
 # ------------------------------------------------------------------------ timing
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
 def _source_values(traced: TracedModel, nodes: set[fx.Node]) -> dict[fx.Node, Any]:
     """The values of ``nodes`` when the traced graph runs on the example input."""
     found: dict[fx.Node, Any] = {}
@@ -130,11 +118,11 @@ def _measure(a: Analysis, segment: Segment, merged: Sequence[MergedExit] | None,
         return
     try:
         original, fused = segment_modules(a.traced, segment, merged, a.dtype)
-        with torch.inference_mode():
-            if original is not None:
-                report.seconds_before = median_seconds(lambda: original(value))
-            if fused is not None:
-                report.seconds_after = median_seconds(lambda: fused(value))
+        candidates = {name: (lambda m=module: m(value)) for name, module
+                      in (("before", original), ("after", fused)) if module is not None}
+        if candidates:
+            median = interleaved_times(candidates, repeats=3, min_seconds=0.0).median
+            report.seconds_before, report.seconds_after = median.get("before"), median.get("after")
     except (RuntimeError, TypeError, ValueError):
         report.seconds_before = report.seconds_after = None
 

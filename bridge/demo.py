@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from ..algebra.errors import DependencyError, InvalidInputError
 from ..algebra import Network, collapse, prove_collapse
 from ..numeric import DirectConv, KernelOperator
 from ..algebra.memory import check_budget, memory_limit
-from .convert_plan import median_seconds
+from .timing import interleaved_times
 
 __all__ = ["DemoReport", "DigitsResNet", "EXACT_PROOF_MAX_CHANNELS", "body_network",
            "load_digits", "run_demo", "train", "training_bytes"]
@@ -334,9 +334,9 @@ def _run(seed: int, channels: int, repeats: int, tolerance: float, epochs: int,
     check = verify(loaded.module, converted, input_shape=tuple(x_test.shape[1:]), data=x_test)
     bar.update()
     bar.set_description("demo: timing")
-    with torch.inference_mode():
-        seconds_original = median_seconds(lambda: model(x_test), repeats)
-        seconds_converted = median_seconds(lambda: converted(x_test), repeats)
+    timings = interleaved_times({"original": lambda: model(x_test),
+                                 "converted": lambda: converted(x_test)}, repeats=repeats)
+    seconds_original, seconds_converted = timings.median["original"], timings.median["converted"]
     bar.update()
     if skip_proof is None:
         bar.set_description(f"demo: exact proof over QQ ({channels} channels)")
