@@ -12,6 +12,12 @@ Never imports torch.  Public API:
 * :func:`collapse` runs on python-flint for numeric weights (``backend="auto"``,
   :mod:`algebra.flint_backend`) and on sympy's rings for symbolic ones;
   :func:`sympy_ground_types` says which integers sympy uses (gmpy2 by default);
+* :class:`PolyphaseOperator` — linear periodically shift-varying operators (``M`` phases
+  of a stride-1 operator): what :func:`collapse` returns for a multirate network with no
+  single strided kernel (:class:`MultirateError` is the single-rate refusal it replaces);
+* :mod:`algebra.pooling` — PyTorch's average-pooling windows and divisors (``ceil_mode``,
+  ``count_include_pad``, ``divisor_override``, adaptive pooling): :func:`pool_output_size`,
+  :class:`PoolWindows`, and the operator form :class:`StridedPool`;
 * :class:`BasisOperator` — basis convolutions ``W(z) = C · B(z)`` (constant ``C``), exact
   subset bases, and :func:`prove_basis_identity`.
 """
@@ -37,11 +43,17 @@ __all__ = [
     "InvalidInputError", "InvalidTypeError", "UnknownNameError", "DependencyError",
 ]
 from .network import Network, Value, PADDING_MODES
+from .operator import MultirateError
+from .polyphase import PolyphaseLayout, PolyphaseOperator, polyphase_vstack
 from .collapse import CollapseResult, collapse
 from .affine_map import AffineMap, collapse_affine
 
 __all__ += ["Network", "Value", "PADDING_MODES", "CollapseResult", "collapse", "AffineMap",
-            "collapse_affine", "sympy_ground_types"]
+            "collapse_affine", "sympy_ground_types", "MultirateError", "PolyphaseOperator",
+            "PolyphaseLayout", "polyphase_vstack"]
+from .pooling import PoolWindows, StridedPool, adaptive_axis, avg_pool_axis, pool_output_size
+
+__all__ += ["PoolWindows", "StridedPool", "pool_output_size", "avg_pool_axis", "adaptive_axis"]
 from .prove import Certificate, Counterexample, prove, prove_collapse
 
 __all__ += ["Certificate", "Counterexample", "prove", "prove_collapse"]

@@ -13,6 +13,7 @@ of :func:`algebra.prove.prove_collapse`.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -25,8 +26,9 @@ from .errors import InvalidInputError, InvalidTypeError
 from .exact import round_rational, to_domain
 from .memory import check_budget, memory_limit
 from .regions import mode_index
-from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
-                      GlobalAvgPool, Input, Linear, Network, Shape, Split)
+from .network import (AdaptiveAvgPool, Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose,
+                      Flatten, GlobalAvgPool, Input, Linear, Network, Shape, Split)
+from .pooling import PoolWindows, adaptive_axis
 
 __all__ = ["AffineMap", "collapse_affine", "layer_matrix", "index_map", "flat_index"]
 
@@ -117,23 +119,20 @@ def _conv_transpose_entries(node: ConvTranspose, in_shape: Shape, out_shape: Sha
     return rows, bias
 
 
-def _pool_entries(node: AvgPool | GlobalAvgPool, in_shape: Shape, out_shape: Shape,
-                  domain: Domain):
+def _pool_entries(node: AvgPool | AdaptiveAvgPool | GlobalAvgPool, in_shape: Shape,
+                  out_shape: Shape, domain: Domain):
+    """``y[c, i] = (1 / D(i)) Σ_{j in box(i)} x[c, j]`` with the windows and divisors of
+    :mod:`algebra.pooling` (PyTorch's rules)."""
+    spatial = in_shape[1:]
     if isinstance(node, GlobalAvgPool):
-        kernel, stride, padding, include = in_shape[1:], in_shape[1:], (0,) * len(in_shape[1:]), True
+        windows = PoolWindows(tuple(adaptive_axis(n, 1) for n in spatial))
     else:
-        kernel, stride, padding, include = node.kernel_size, node.stride, node.padding, \
-            node.count_include_pad
+        windows = node.windows(spatial)
     row_of, col_of = flat_index(out_shape), flat_index(in_shape)
     rows: dict[int, dict[int, Any]] = {}
     for i in np.ndindex(*out_shape[1:]):
-        reads = []
-        for a in np.ndindex(*kernel):
-            pos = tuple(s * ii - p + aa for s, ii, p, aa in zip(stride, i, padding, a))
-            if all(0 <= x < n for x, n in zip(pos, in_shape[1:])):
-                reads.append(pos)
-        count = int(np.prod(kernel)) if include else len(reads)
-        weight = to_domain(sympy.Rational(1, count), domain)
+        reads = list(itertools.product(*windows.box(i)))
+        weight = to_domain(sympy.Rational(1, windows.divisor(i)), domain)
         for c in range(in_shape[0]):
             rows[row_of(c, i)] = {col_of(c, pos): weight for pos in reads}
     return rows, None
@@ -147,7 +146,7 @@ def layer_matrix(node: Any, in_shapes: Sequence[Shape], out_shape: Shape, domain
         return _conv_entries(node, in_shape, out_shape, domain)
     if isinstance(node, ConvTranspose):
         return _conv_transpose_entries(node, in_shape, out_shape, domain)
-    if isinstance(node, (AvgPool, GlobalAvgPool)):
+    if isinstance(node, (AvgPool, AdaptiveAvgPool, GlobalAvgPool)):
         return _pool_entries(node, in_shape, out_shape, domain)
     if isinstance(node, ChannelAffine):
         plane = int(np.prod(in_shape[1:]))

@@ -19,6 +19,14 @@ Two semantics:
 The region is computed per node and per channel (:mod:`algebra.regions`) for generic
 weights with the given zero pattern, so it is tight: outside it the two sides differ for
 generic weights.
+
+**Multirate networks.**  Where the single-operator arithmetic refuses
+(:class:`~algebra.operator.MultirateError`: an up-sampling after a stride with
+``gcd(u, s) != 1``, a bias before zero-insertion up-sampling, branches of different rates),
+the walk continues on :class:`~algebra.polyphase.PolyphaseOperator` (``M`` phases of a
+stride-1 operator); the result is one :class:`ConvOperator` whenever one exists, else the
+polyphase operator (``CollapseResult.polyphase``).  The region rules are the same, with a
+bias that may vary over the output phases.
 """
 from __future__ import annotations
 
@@ -31,11 +39,14 @@ from sympy.polys.domains import QQ
 from .errors import InvalidInputError, InvalidTypeError
 from .footprint import OperatorShape, consumers, walk_footprint
 from .memory import EXACT_TERM_BYTES, check_budget, estimate_bytes, format_bytes, memory_limit
-from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
-                      Input, Linear, Network, Shape, Split)
-from .operator import ConvOperator, vstack
+from .network import (AdaptiveAvgPool, Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose,
+                      Flatten, Input, Linear, Network, Shape, Split)
+from .operator import ConvOperator, MultirateError, vstack
+from .polyphase import PolyphaseOperator, is_polyphase
+from .pooling import pool_extent
 from .protocols import CollapseBackend
-from .regions import Extent, TapPattern, merge_add, merge_concat, propagate
+from .regions import (Extent, TapPattern, merge_add, merge_concat, periodic_bias_pool,
+                      propagate)
 from .signal import apply_operator
 from .validate import choice_arg, instance_arg, optional_bool_arg
 
@@ -75,6 +86,9 @@ def is_periodic_network(network: Network, shapes: dict[str, Shape]) -> bool:
             if any(node.padding) or node.kernel_size != node.stride or \
                     any(n % s for n, s in zip(size, node.stride)):
                 return False
+        elif isinstance(node, AdaptiveAvgPool):
+            if not node.uniform(shapes[node.input][1:]):
+                return False
         elif isinstance(node, (ConvTranspose, Flatten, Linear)):
             return False
     return circular
@@ -83,8 +97,10 @@ def is_periodic_network(network: Network, shapes: dict[str, Shape]) -> bool:
 @dataclass
 class CollapseResult:
     """A collapsed network: ``operator`` equals the network at the output positions where
-    ``region`` is True (for an input of shape ``input_shape``)."""
-    operator: ConvOperator
+    ``region`` is True (for an input of shape ``input_shape``).  ``operator`` is one
+    :class:`ConvOperator` whenever one exists, else a
+    :class:`~algebra.polyphase.PolyphaseOperator` (``polyphase`` is True)."""
+    operator: ConvOperator | PolyphaseOperator
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     region: np.ndarray
@@ -92,6 +108,12 @@ class CollapseResult:
     #: what the region is tight for: ``"generic weights"`` (propagated) or ``"these
     #: weights"`` (every outside position decided, :mod:`algebra.tight_region`)
     tight_for: str = "generic weights"
+
+    @property
+    def polyphase(self) -> bool:
+        """True when no single strided kernel exists and ``operator`` is the polyphase
+        matrix (``M`` phases of an ordinary operator)."""
+        return is_polyphase(self.operator)
 
     @property
     def exact_everywhere(self) -> bool:
@@ -113,6 +135,8 @@ class CollapseResult:
             shape = "a ragged nested list"
         if shape != tuple(self.input_shape):
             raise InvalidInputError(f"x: expected an input of shape {self.input_shape}, got {shape}")
+        if self.polyphase:
+            return self.operator.apply(x, self.output_shape[1:])
         return apply_operator(self.operator, x, self.output_shape[1:], periodic=self.periodic)
 
     def where(self) -> str:
@@ -129,6 +153,8 @@ class CollapseResult:
 
     def describe(self) -> str:
         op = self.operator
+        if self.polyphase:
+            return f"{op.describe()}; {self.where()}"
         kernel = "x".join(map(str, op.kernel_size))
         upsample = op.upsample
         head = (f"{op.out_channels}x{op.in_channels} operator, kernel {kernel}, stride "
@@ -163,6 +189,16 @@ class AlgebraBackend:
     def vstack(self, ops: Sequence[ConvOperator]) -> ConvOperator:
         return vstack(ops)
 
+    def to_polyphase(self, op: Any) -> PolyphaseOperator:
+        """``op`` as a :class:`PolyphaseOperator` (the multirate fallback of
+        :func:`collapse_walk`); a subclass's own operator type goes through its
+        ``to_conv_operator`` first (the flint backend continues on sympy's rings)."""
+        if is_polyphase(op):
+            return op
+        if not isinstance(op, ConvOperator):
+            op = self.to_conv_operator(op)
+        return PolyphaseOperator.from_conv(op)
+
     def tap_pattern(self, op: ConvOperator) -> TapPattern:
         return _tap_pattern(op)
 
@@ -191,8 +227,6 @@ def _padding_rule(node: Any) -> str:
     """What a layer reads outside its input window (see :func:`algebra.regions.propagate`)."""
     if isinstance(node, Conv) and any(pair != (0, 0) for pair in node.padding):
         return node.mode
-    if isinstance(node, AvgPool) and not node.count_include_pad and any(node.padding):
-        return "exclude_pad"
     return "zeros"
 
 
@@ -257,17 +291,15 @@ def _walk(network: Network, input_shape: Sequence[int], backend: CollapseBackend
                                     "collapse the network to an affine map (collapse_affine) instead")
         local = None
         try:
-            if isinstance(node, Add):
-                ops[name] = backend.combine([ops[t] for t in node.terms],
-                                            node.coefficients or (1,) * len(node.terms))
-            elif isinstance(node, Concat):
-                ops[name] = backend.vstack([ops[p] for p in node.parts])
-            else:
+            if not isinstance(node, (Add, Concat)):
                 (parent,) = node.inputs
                 local = backend.node_operator(node, shapes[parent])
-                ops[name] = local @ ops[parent]
+            ops[name] = _node_value(node, [ops[p] for p in node.inputs], local, backend)
         except InvalidInputError as exc:
             raise InvalidInputError(f"node {name!r} ({node.describe()}): {exc}") from None
+        if use_periodic and is_polyphase(ops[name]):
+            raise InvalidInputError(f"node {name!r} ({node.describe()}): a multirate operator "
+                                    "in a periodic network is not supported")
         if not use_periodic:
             extents[name] = _node_extent(node, local, ops[name], [extents[p] for p in node.inputs],
                                          shape, backend)
@@ -283,22 +315,80 @@ def _walk(network: Network, input_shape: Sequence[int], backend: CollapseBackend
     return WalkResult(ops[out], shapes, region, use_periodic)
 
 
+def _single_rate(node: Any, operands: list[Any], local: Any, backend: CollapseBackend) -> Any:
+    """The node's collapsed operator in the backend's own arithmetic."""
+    if isinstance(node, Add):
+        return backend.combine(operands, node.coefficients or (1,) * len(operands))
+    if isinstance(node, Concat):
+        return backend.vstack(operands)
+    return local @ operands[0]
+
+
+def _multirate(node: Any, operands: list[Any], local: Any, backend: Any) -> Any:
+    """The node's collapsed operator as a polyphase operator (``backend.to_polyphase``)."""
+    parts = [backend.to_polyphase(op) for op in operands]
+    if isinstance(node, Add):
+        total = None
+        for part, c in zip(parts, node.coefficients or (1,) * len(parts)):
+            part = part if c == 1 else part * c
+            total = part if total is None else total + part
+        return total
+    if isinstance(node, Concat):
+        return type(parts[0]).vstack(parts)
+    return backend.to_polyphase(local) @ parts[0]
+
+
+def _node_value(node: Any, operands: list[Any], local: Any, backend: CollapseBackend) -> Any:
+    """One operator ``down_s K up_u + b`` when the node's result is one (the backend's
+    arithmetic, unchanged); the polyphase form exactly when that arithmetic refuses
+    (:class:`~algebra.operator.MultirateError`: ``gcd(u, s) != 1``, a bias before
+    up-sampling, branches of different rates) or an operand is already polyphase.  A
+    backend without ``to_polyphase`` keeps the refusal."""
+    fallback = getattr(backend, "to_polyphase", None)
+    if fallback is not None and any(is_polyphase(op) for op in operands):
+        return _multirate(node, operands, local, backend)
+    try:
+        return _single_rate(node, operands, local, backend)
+    except MultirateError:
+        if fallback is None:
+            raise
+        return _multirate(node, operands, local, backend)
+
+
+def _bias_info(backend: CollapseBackend, op: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which channels carry a bias, and (for a polyphase operator whose bias varies over
+    the output phases) the per-phase bias labels of :class:`algebra.regions.Extent`."""
+    if not is_polyphase(op):
+        return backend.bias_mask(op), None
+    classes = op.bias_classes()
+    flat = classes.reshape(classes.shape[0], -1)
+    constant = bool((flat == flat[:, :1]).all())
+    return op.bias_mask(), None if constant else classes
+
+
 def _node_extent(node: Any, local: Any, op: Any, parents: list[Extent], shape: Shape,
                  backend: CollapseBackend) -> Extent:
     """The node's :class:`Extent` from its parents' (see :mod:`algebra.regions`)."""
     window = shape[1:]
-    biased = backend.bias_mask(op)
+    biased, classes = _bias_info(backend, op)
     if isinstance(node, Add):
-        return merge_add(parents, biased)
+        return merge_add(parents, biased, classes)
     if isinstance(node, Concat):
-        return merge_concat(parents, biased)
+        return merge_concat(parents, biased, classes)
     if isinstance(node, (ChannelAffine, Split)):
         src = parents[0]
         rows = slice(node.start, node.stop) if isinstance(node, Split) else slice(None)
         return Extent(window, src.exact[rows].copy(), src.support_offset, src.support[rows],
-                      biased)
+                      biased, classes)
+    if isinstance(node, (AvgPool, AdaptiveAvgPool)):  # divisor and window rules: algebra.pooling
+        spatial = parents[0].window
+        form = node.strided_form(spatial)
+        out = pool_extent(parents[0], node.windows(spatial), form,
+                          backend.tap_pattern(local), window, biased)
+        return periodic_bias_pool(out, parents[0], form.regular(node.windows(spatial)), classes)
     return propagate(parents[0], backend.tap_pattern(local), tuple(local.stride),
-                     tuple(local.upsample), window, _padding_rule(node), biased, shape[0])
+                     tuple(local.upsample), window, _padding_rule(node), biased, shape[0],
+                     classes)
 
 
 #: the exact collapse backends :func:`collapse` accepts
@@ -344,10 +434,15 @@ def collapse(network: Network, input_shape: Sequence[int], *, periodic: bool | N
         flint_backend = FlintBackend(network)
         walk = collapse_walk(network, input_shape, flint_backend, periodic, budget)
         with memory_limit(budget):
-            operator = flint_backend.to_conv_operator(walk.operator)
+            operator = walk.operator if is_polyphase(walk.operator) else \
+                flint_backend.to_conv_operator(walk.operator)
     else:
         walk = collapse_walk(network, input_shape, AlgebraBackend(network), periodic, budget)
         operator = walk.operator
+    if is_polyphase(operator):  # one strided kernel whenever one exists
+        with memory_limit(budget):
+            operator = operator.minimal()
+            operator = operator.to_conv() or operator
     region, tight_for = walk.region, "generic weights"
     if not walk.periodic and not region.all() and tight is not False:
         from .tight_region import TIGHT_AUTO_LIMIT, check_cost, tighten_region

@@ -33,8 +33,8 @@ from .flint_operator import (FlintOperator, flint_vstack, fmpz_bytes, product_wo
 from .footprint import OperatorShape
 from .laurent import LaurentPoly
 from .memory import EXACT_TERM_BYTES
-from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
-                      GlobalAvgPool, Input, Linear, Network)
+from .network import (AdaptiveAvgPool, Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose,
+                      Flatten, GlobalAvgPool, Input, Linear, Network)
 from .operator import ConvOperator
 
 __all__ = ["FlintBackend", "flint_available", "network_sizes", "from_conv_operator",
@@ -273,8 +273,8 @@ def _node_size(node: Any, in_shape: Sequence[int]) -> tuple[int, int]:
         return _array_size(node.weight)
     if isinstance(node, ChannelAffine):
         return _coefficient_size(exact_fmpq(v) for v in node.scale)
-    if isinstance(node, AvgPool):
-        return 0, math.prod(node.kernel_size)
+    if isinstance(node, (AvgPool, AdaptiveAvgPool)):
+        return 0, node.strided_form(in_shape[1:]).divisor
     if isinstance(node, GlobalAvgPool):
         return 0, math.prod(in_shape[1:])
     return 1, 1  # Split: a 0/1 selection
@@ -319,8 +319,8 @@ def network_sizes(network: Network, shapes: dict[str, tuple[int, ...]]) -> int:
 def _taps(node: Any, in_shape: Sequence[int]) -> int:
     if isinstance(node, (Conv, ConvTranspose)):
         return int(np.prod(node.weight.shape[2:]))
-    if isinstance(node, AvgPool):
-        return math.prod(node.kernel_size)
+    if isinstance(node, (AvgPool, AdaptiveAvgPool)):
+        return math.prod(node.strided_form(in_shape[1:]).kernel)
     if isinstance(node, GlobalAvgPool):
         return math.prod(in_shape[1:])
     return 1

@@ -25,8 +25,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from .network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose, Flatten,
-                      GlobalAvgPool, Input, Linear, Network, Shape, Split)
+from .network import (AdaptiveAvgPool, Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose,
+                      Flatten, GlobalAvgPool, Input, Linear, Network, Shape, Split)
 
 __all__ = ["OperatorShape", "FootprintModel", "node_shape", "walk_footprint", "consumers"]
 
@@ -151,9 +151,10 @@ def node_shape(node: Any, in_shape: Shape) -> OperatorShape:
         return OperatorShape(_eye(c), (0,) * ndim, (0,) * ndim, ones, ones)
     if isinstance(node, Split):
         return OperatorShape(_eye(c)[node.start:node.stop], (0,) * ndim, (0,) * ndim, ones, ones)
-    if isinstance(node, AvgPool):
-        low = tuple(p - (kk - 1) for p, kk in zip(node.padding, node.kernel_size))
-        return OperatorShape(_eye(c), low, tuple(node.padding), tuple(node.stride), ones)
+    if isinstance(node, (AvgPool, AdaptiveAvgPool)):
+        form = node.strided_form(n)
+        low = tuple(p - (kk - 1) for p, kk in zip(form.padding, form.kernel))
+        return OperatorShape(_eye(c), low, tuple(form.padding), tuple(form.stride), ones)
     if isinstance(node, GlobalAvgPool):
         return OperatorShape(_eye(c), tuple(1 - m for m in n), (0,) * ndim, tuple(n), ones)
     raise TypeError(f"no operator shape for {type(node).__name__}")

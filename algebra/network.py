@@ -30,11 +30,14 @@ from .exact import as_array, check_finite, exact_rational, exact_sympy, to_domai
 from .laurent import LaurentRing, per_axis
 from .layout import default_ring, operator_from_weight
 from .operator import ConvOperator
+from .pooling import (PoolWindows, StridedPool, adaptive_axis, avg_pool_axis, fit_strided,
+                      pool_output_size)
 from .validate import (bool_arg, describe, int_arg, is_int, optional_int_arg, real_arg,
                        sequence_arg, shape_arg, str_arg)
 
 __all__ = ["Network", "Value", "Node", "Input", "Conv", "ConvTranspose", "ChannelAffine",
-           "Add", "Concat", "Split", "AvgPool", "GlobalAvgPool", "Flatten", "Linear",
+           "Add", "Concat", "Split", "AvgPool", "AdaptiveAvgPool", "GlobalAvgPool", "Flatten",
+           "Linear",
            "PADDING_MODES"]
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -340,34 +343,89 @@ class Split(UnaryNode):
         return f"split {self.start}:{self.stop}"
 
 
+def _pool_operator(ring: LaurentRing, form: StridedPool, channels: int) -> ConvOperator:
+    """The depthwise operator ``(1 / D) Σ_{a < k} z^(p - a)`` with stride ``s``."""
+    weight = 1 / sympy.Integer(form.divisor)
+    tap = ring.from_dict({e: weight for e in form.taps()})
+    return ConvOperator(ring, [[tap if i == j else ring.zero for j in range(channels)]
+                               for i in range(channels)], stride=form.stride)
+
+
 @dataclass(frozen=True, eq=False)
 class AvgPool(UnaryNode):
-    """``F.avg_pool{n}d(x, kernel, stride, padding, ceil_mode=False, count_include_pad)``."""
+    """``F.avg_pool{n}d(x, kernel, stride, padding, ceil_mode, count_include_pad,
+    divisor_override)``; the windows and divisors are :mod:`algebra.pooling`'s."""
     input: str
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
     padding: tuple[int, ...]
     count_include_pad: bool = True
+    ceil_mode: bool = False
+    divisor_override: int | None = None
+
+    def windows(self, spatial: Sequence[int]) -> PoolWindows:
+        """Every output's window and divisor for an input of spatial size ``spatial``."""
+        return PoolWindows(tuple(avg_pool_axis(n, k, s, p, self.ceil_mode, self.count_include_pad)
+                                 for n, k, s, p in zip(spatial, self.kernel_size, self.stride,
+                                                       self.padding)),
+                           self.divisor_override)
+
+    def strided_form(self, spatial: Sequence[int]) -> StridedPool:
+        """The operator form: kernel, stride and padding as given, divisor
+        ``divisor_override`` or ``prod(kernel)``."""
+        divisor = self.divisor_override or int(np.prod(self.kernel_size))
+        return StridedPool(self.kernel_size, self.stride, self.padding, divisor)
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         (c, *n), = [_image(in_shapes[0], "avg_pool")]
-        out = [(size + 2 * p - k) // s + 1 for size, k, s, p in
+        out = [pool_output_size(size, k, s, p, self.ceil_mode) for size, k, s, p in
                zip(n, self.kernel_size, self.stride, self.padding)]
         if any(o <= 0 for o in out):
             raise InvalidInputError(f"average pooling {self.kernel_size} does not fit the input {tuple(n)}")
         return (c, *out)
 
     def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
-        weight = 1 / sympy.Integer(int(np.prod(self.kernel_size)))
-        tap = ring.from_dict({tuple(p - a for p, a in zip(self.padding, index)): weight
-                              for index in np.ndindex(*self.kernel_size)})
-        channels = in_shape[0]
-        return ConvOperator(ring, [[tap if i == j else ring.zero for j in range(channels)]
-                                   for i in range(channels)], stride=self.stride)
+        return _pool_operator(ring, self.strided_form(in_shape[1:]), in_shape[0])
 
     def describe(self) -> str:
-        return f"avg_pool {self.kernel_size} s={self.stride} p={self.padding}" + \
-            ("" if self.count_include_pad or not any(self.padding) else " (exclude pad)")
+        extras = ("" if self.count_include_pad or not any(self.padding) else " (exclude pad)") + \
+            (" ceil" if self.ceil_mode else "") + \
+            ("" if self.divisor_override is None else f" divisor={self.divisor_override}")
+        return f"avg_pool {self.kernel_size} s={self.stride} p={self.padding}" + extras
+
+
+@dataclass(frozen=True, eq=False)
+class AdaptiveAvgPool(UnaryNode):
+    """``F.adaptive_avg_pool{n}d(x, output_size)``: window ``i`` of an ``n``-long axis is
+    ``[floor(i n / o), ceil((i + 1) n / o))``, divided by its size.  Its operator is the
+    strided pool that agrees with the most windows (:func:`algebra.pooling.fit_strided`):
+    exact everywhere when ``o`` divides ``n``, elsewhere on the agreeing positions only."""
+    input: str
+    output_size: tuple[int, ...]
+
+    def windows(self, spatial: Sequence[int]) -> PoolWindows:
+        return PoolWindows(tuple(adaptive_axis(n, o) for n, o in zip(spatial, self.output_size)))
+
+    def strided_form(self, spatial: Sequence[int]) -> StridedPool:
+        """The fitted strided pool (divisor ``prod(kernel)``)."""
+        fits = [fit_strided(ax) for ax in self.windows(spatial).axes]
+        kernel = tuple(k for k, _, _, _ in fits)
+        return StridedPool(kernel, tuple(s for _, s, _, _ in fits),
+                           tuple(p for _, _, p, _ in fits), int(np.prod(kernel)))
+
+    def uniform(self, spatial: Sequence[int]) -> bool:
+        """Every window has one size and stride (``o`` divides ``n`` on every axis)."""
+        return all(n % o == 0 for n, o in zip(spatial, self.output_size))
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (c, *n), = [_image(in_shapes[0], "adaptive_avg_pool")]
+        return (c, *self.output_size)
+
+    def operator(self, ring: LaurentRing, in_shape: Shape) -> ConvOperator:
+        return _pool_operator(ring, self.strided_form(in_shape[1:]), in_shape[0])
+
+    def describe(self) -> str:
+        return f"adaptive_avg_pool {self.output_size}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -717,15 +775,28 @@ class Network:
         return self._add_node(Split(ref, start, stop), name)
 
     def avg_pool(self, x: Value | str, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                 count_include_pad: bool = True, name: str | None = None) -> Value:
-        """``nn.AvgPool{n}d`` (``ceil_mode=False``)."""
+                 count_include_pad: bool = True, name: str | None = None, *,
+                 ceil_mode: bool = False, divisor_override: int | None = None) -> Value:
+        """``nn.AvgPool{n}d(kernel_size, stride, padding, ceil_mode, count_include_pad,
+        divisor_override)`` (the windows: :mod:`algebra.pooling`)."""
         count_include_pad = bool_arg(count_include_pad, "count_include_pad")
+        ceil_mode = bool_arg(ceil_mode, "ceil_mode")
+        if divisor_override is not None:
+            divisor_override = int_arg(divisor_override, "divisor_override", minimum=1)
         k = _axis_ints(kernel_size, self.ndim, "kernel_size", 1)
         s = k if stride is None else _axis_ints(stride, self.ndim, "stride", 1)
         p = _axis_ints(padding, self.ndim, "padding", 0)
         if any(2 * pi > ki for pi, ki in zip(p, k)):
             raise InvalidInputError(f"pad should be at most half of the kernel size, got {p} for {k}")
-        return self._add_node(AvgPool(self._ref(x), k, s, p, count_include_pad), name)
+        return self._add_node(AvgPool(self._ref(x), k, s, p, count_include_pad, ceil_mode,
+                                      divisor_override), name)
+
+    def adaptive_avg_pool(self, x: Value | str, output_size: Any, name: str | None = None
+                          ) -> Value:
+        """``nn.AdaptiveAvgPool{n}d(output_size)`` (an int or one int per axis; ``None``
+        entries are not supported: give the size)."""
+        size = _axis_ints(output_size, self.ndim, "output_size", 1)
+        return self._add_node(AdaptiveAvgPool(self._ref(x), size), name)
 
     def global_avg_pool(self, x: Value | str, name: str | None = None) -> Value:
         return self._add_node(GlobalAvgPool(self._ref(x)), name)

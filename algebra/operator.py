@@ -38,7 +38,7 @@ from .memory import EXACT_TERM_BYTES, check_budget
 from .validate import describe, sequence_arg
 
 __all__ = ["ConvOperator", "block_diag", "vstack", "hstack", "check_composable", "check_addable",
-           "check_stackable"]
+           "check_stackable", "MultirateError"]
 
 Matrix = tuple[tuple[LaurentPoly, ...], ...]
 
@@ -74,6 +74,14 @@ def _poly_matmul(ring: LaurentRing, left: Matrix, right: Matrix) -> Matrix:
     return tuple(out)
 
 
+class MultirateError(InvalidInputError):
+    """The operation is linear and periodically shift-varying but not one operator
+    ``down_s K up_u + b``: an up-sampling after a stride with ``gcd(u, s) != 1``, a bias
+    before zero-insertion up-sampling, a sum or stack of branches with different rates.
+    :class:`~algebra.polyphase.PolyphaseOperator` represents the result exactly, and
+    :func:`~algebra.collapse.collapse` falls back to it on this error."""
+
+
 def check_composable(outer: Any, inner: Any) -> None:
     """Refuse ``outer ∘ inner`` when it is not one multi-rate convolution (any twin with
     ``in_channels``, ``out_channels``, ``stride``, ``upsample`` and ``has_bias``): channel
@@ -84,13 +92,13 @@ def check_composable(outer: Any, inner: Any) -> None:
                                 f"channels, the inner one gives {inner.out_channels}")
     for axis, (u, s) in enumerate(zip(outer.upsample, inner.stride)):
         if u > 1 and s > 1 and gcd(u, s) != 1:
-            raise InvalidInputError(
+            raise MultirateError(
                 f"axis {axis}: up-sampling by {u} after a stride {s} is not a single "
                 "multi-rate convolution (up_u down_s only commutes when gcd(u, s) = 1); "
                 "collapse this network to an affine map for a fixed input size instead")
     if any(u > 1 for u in outer.upsample) and inner.has_bias:
-        raise InvalidInputError("a bias before zero-insertion up-sampling is not shift-invariant; "
-                                "move the bias after the up-sampling or use the affine map")
+        raise MultirateError("a bias before zero-insertion up-sampling is not shift-invariant; "
+                             "move the bias after the up-sampling or use the affine map")
 
 
 def check_addable(a: Any, b: Any) -> None:
@@ -98,9 +106,9 @@ def check_addable(a: Any, b: Any) -> None:
     if a.shape != b.shape:
         raise InvalidInputError(f"cannot add operators of shapes {a.shape} and {b.shape}")
     if a.stride != b.stride or a.upsample != b.upsample:
-        raise InvalidInputError(f"cannot add operators with strides {a.stride} and {b.stride} "
-                                f"(up-sampling {a.upsample}, {b.upsample}): the sum is not one "
-                                "strided convolution")
+        raise MultirateError(f"cannot add operators with strides {a.stride} and {b.stride} "
+                             f"(up-sampling {a.upsample}, {b.upsample}): the sum is not one "
+                             "strided convolution")
 
 
 def check_stackable(ops: Sequence[Any]) -> None:
@@ -111,7 +119,7 @@ def check_stackable(ops: Sequence[Any]) -> None:
     if len({op.in_channels for op in ops}) != 1:
         raise InvalidInputError("vstack needs operators with the same number of input channels")
     if len({(op.stride, op.upsample) for op in ops}) != 1:
-        raise InvalidInputError("vstack needs operators with equal strides and up-sampling")
+        raise MultirateError("vstack needs operators with equal strides and up-sampling")
 
 
 def _nonzero_pattern(op: "ConvOperator") -> np.ndarray:

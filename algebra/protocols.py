@@ -3,7 +3,12 @@ the float side (:mod:`laurentnet.numeric`) hold the same concepts under the same
 
 * :class:`Operator` — ``down_s ∘ K(z) ∘ up_u + b`` with ``K`` a ``C_out x C_in`` matrix of
   Laurent polynomials: :class:`~laurentnet.algebra.ConvOperator` (exact, any up-sampling)
-  and :class:`~laurentnet.numeric.KernelOperator` (dense float tensors, ``u = 1``).
+  and :class:`~laurentnet.numeric.KernelOperator` (dense float tensors, any up-sampling).
+* :class:`PolyphaseOperatorLike` — a linear periodically shift-varying operator (input
+  period ``P``, output period ``Q``) as one stride-1 block operator on polyphase components,
+  what a multirate collapse gives when no single ``down_s K up_u + b`` exists:
+  :class:`laurentnet.algebra.polyphase.PolyphaseOperator` and
+  :class:`laurentnet.numeric.polyphase.PolyphaseOperator`.
 * :class:`AffineMapLike` — ``f(X) = W X + B`` on inputs flattened in C order:
   :class:`~laurentnet.algebra.AffineMap` (exact, sparse) and
   :class:`~laurentnet.numeric.AffineMap` (float tensors).
@@ -21,8 +26,9 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Operator", "AffineMapLike", "CollapseBackend", "OPERATOR_MEMBERS",
-           "AFFINE_MAP_MEMBERS", "COLLAPSE_BACKEND_MEMBERS"]
+__all__ = ["Operator", "AffineMapLike", "CollapseBackend", "PolyphaseOperatorLike",
+           "OPERATOR_MEMBERS", "AFFINE_MAP_MEMBERS", "COLLAPSE_BACKEND_MEMBERS",
+           "POLYPHASE_MEMBERS"]
 
 #: Tap pattern of an operator: ``{exponent e: mask}``, ``mask[o, c]`` set where ``K_{o,c}``
 #: has a nonzero ``z^e`` term.
@@ -119,6 +125,34 @@ class CollapseBackend(Protocol):
         """Composing ``outer ∘ inner`` into ``result``, beyond holding the three."""
 
 
+@runtime_checkable
+class PolyphaseOperatorLike(Protocol):
+    """``A`` with ``A ∘ shift_P = shift_Q ∘ A`` held as ``block``: a stride-1 operator of
+    ``C_out · prod(Q)`` rows (``o · M + t``) and ``C_in · prod(P)`` columns (``c · N + r``)
+    on the polyphase components ``x_r[k] = x[k P + r]``, the channel order of
+    ``pixel_unshuffle``/``pixel_shuffle``.  ``@``, ``+`` re-block to a common period
+    (the lcm); ``to_conv()`` is the single ``down_s K up_u + b`` when one exists, else None."""
+    in_period: tuple[int, ...]
+    out_period: tuple[int, ...]
+    is_polyphase: bool
+
+    @property
+    def block(self) -> Operator: ...
+    @property
+    def shape(self) -> tuple[int, int]: ...
+    def __matmul__(self, other: Any) -> Any: ...
+    def __add__(self, other: Any) -> Any: ...
+    def from_conv(self, op: Any) -> Any: ...
+    def reblock(self, factors: Any) -> Any: ...
+    def minimal(self) -> Any: ...
+    def to_conv(self) -> Any: ...
+    def apply(self, x: Any, *args: Any, **kwargs: Any) -> Any: ...
+    def bias_mask(self) -> np.ndarray: ...
+    def bias_classes(self) -> np.ndarray: ...
+    def to_weights(self) -> Any: ...
+    def describe(self) -> str: ...
+
+
 def _members(protocol: type) -> tuple[str, ...]:
     names = {n for n in vars(protocol) if not n.startswith("_") or n in
              ("__matmul__", "__add__", "__sub__", "__neg__", "__mul__", "__getitem__", "__call__")}
@@ -130,3 +164,4 @@ def _members(protocol: type) -> tuple[str, ...]:
 OPERATOR_MEMBERS = _members(Operator)
 AFFINE_MAP_MEMBERS = _members(AffineMapLike)
 COLLAPSE_BACKEND_MEMBERS = _members(CollapseBackend)
+POLYPHASE_MEMBERS = _members(PolyphaseOperatorLike)

@@ -13,10 +13,18 @@ A layer ``down_s K up_u`` reads input channel ``c`` at ``j = (s i - e) / u`` for
 * zero padding: ``j`` is outside, ``c_c(j) = 0`` (no bias, outside the support);
 * circular/reflect/replicate padding: the copied position ``m(j)`` is exact and both
   ``c(j)`` and ``c(m(j))`` are the bare constant ``b_c`` (outside the support);
-* an average pool that excludes padding divides border windows by fewer taps: equal only
-  when every tap of the window is the bare constant ``b_c``.
+* an average pool whose window or divisor at ``i`` differs from its operator's (padding
+  excluded, ceil-mode overflow, adaptive windows): equal only when every tap is the bare
+  constant ``b_c`` (:func:`algebra.pooling.pool_extent`).
 
 For generic weights these conditions are also necessary, so the region is tight.
+
+A multirate (polyphase) collapsed value carries a bias that is periodic over the output
+positions (a bias before zero-insertion up-sampling): ``bias_classes[c, i mod Q]`` labels
+it (0: no bias; equal labels: equal values).  Then "no bias" and "the same constant" are
+read per position: a zero-padded read needs ``b_c(j) = 0``, a copied read
+``b_c(j) = b_c(m(j))``; a pool's irregular window (:func:`periodic_bias_pool`) is taken as
+inexact on such a channel (conservative: not tight there).
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Extent", "TapPattern", "propagate", "merge_add", "merge_concat", "mode_index"]
+__all__ = ["Extent", "TapPattern", "propagate", "merge_add", "merge_concat", "mode_index",
+           "periodic_bias_pool"]
 
 TapPattern = dict[tuple[int, ...], np.ndarray]  # tap exponent -> bool (C_out, C_in) "K_oc has it"
 
@@ -51,6 +60,9 @@ class Extent:
     support_offset: tuple[int, ...]
     support: np.ndarray          # (C, *box), box starting at support_offset
     biased: np.ndarray           # (C,)
+    #: ``(C, *Q)`` bias labels per output phase (module docstring); ``None``: the bias of
+    #: each channel is one constant
+    bias_classes: np.ndarray | None = None
 
     @classmethod
     def of_input(cls, channels: int, window: tuple[int, ...]) -> "Extent":
@@ -87,6 +99,24 @@ class Extent:
             local.append(np.clip(k, 0, n - 1))
         return ok[None] & self.support[(slice(None), *local)]
 
+    def _classes_at(self, index: Sequence[np.ndarray]) -> np.ndarray:
+        """``(C, *grid)``: the bias label at positions ``index`` (``bias_classes`` set)."""
+        period = self.bias_classes.shape[1:]
+        return self.bias_classes[(slice(None), *(np.mod(j, q) for j, q in zip(index, period)))]
+
+    def unbiased_at(self, index: Sequence[np.ndarray]) -> np.ndarray:
+        """``(C, *grid)`` (or broadcastable): the collapsed value has no bias there."""
+        if self.bias_classes is None:
+            return ~self.biased.reshape(-1, *(1,) * len(index))
+        return self._classes_at(index) == 0
+
+    def same_bias_at(self, index: Sequence[np.ndarray], other: Sequence[np.ndarray]
+                     ) -> np.ndarray | bool:
+        """Whether the collapsed bias is the same at ``index`` and ``other``."""
+        if self.bias_classes is None:
+            return True
+        return self._classes_at(index) == self._classes_at(other)
+
     def with_support_box(self, low: Sequence[int], high: Sequence[int]) -> np.ndarray:
         """The support re-embedded in the box ``[low, high)`` (which must contain it)."""
         out = np.zeros((self.channels, *(h - l for l, h in zip(low, high))), bool)
@@ -120,34 +150,24 @@ def _reads(stride: tuple[int, ...], upsample: tuple[int, ...], grid: Sequence[np
 
 def propagate(extent: Extent, pattern: TapPattern, stride: tuple[int, ...],
               upsample: tuple[int, ...], window: tuple[int, ...], padding: str,
-              biased: np.ndarray, out_channels: int) -> Extent:
+              biased: np.ndarray, out_channels: int,
+              bias_classes: np.ndarray | None = None) -> Extent:
     """Extent of ``down_s K up_u`` applied to a node.  ``padding`` is ``"zeros"``,
-    ``"circular"``, ``"reflect"``, ``"replicate"`` or ``"exclude_pad"`` (an average pool
-    that does not count padding)."""
+    ``"circular"``, ``"reflect"`` or ``"replicate"`` (pools: :func:`algebra.pooling.pool_extent`)."""
     grid = np.indices(window, sparse=True)
     bad = np.zeros((out_channels, *window), bool)
-    if padding == "exclude_pad":
-        bad_const = np.zeros_like(bad)
-        touches = np.zeros(window, bool)
-    not_biased = ~extent.biased.reshape(-1, *(1,) * len(window))
     for e, taps in pattern.items():
         reads, j = _reads(stride, upsample, grid, e)
         inside = extent.inside(j)[None]
         exact = extent.exact_at(j)
         if padding == "zeros":
-            ok = np.where(inside, exact, not_biased & ~extent.nonzero_at(j))
-        elif padding == "exclude_pad":
-            ok = exact
-            const_ok = ~extent.nonzero_at(j) & (~inside | exact)
-            bad_const |= _spread(taps, reads[None] & ~const_ok)
-            touches |= reads & ~inside[0]
+            ok = np.where(inside, exact, extent.unbiased_at(j) & ~extent.nonzero_at(j))
         else:
             m = tuple(mode_index(padding, ja, n) for ja, n in zip(j, extent.window))
-            copied = extent.exact_at(m) & ~extent.nonzero_at(j) & ~extent.nonzero_at(m)
+            copied = extent.exact_at(m) & ~extent.nonzero_at(j) & ~extent.nonzero_at(m) & \
+                extent.same_bias_at(j, m)
             ok = np.where(inside, exact, copied)
         bad |= _spread(taps, reads[None] & ~ok)
-    if padding == "exclude_pad":
-        bad = np.where(touches[None], bad_const, bad)
     low, shape = _support_box(extent, pattern, stride, upsample)
     support = np.zeros((out_channels, *shape), bool)
     if pattern and extent.support.any():
@@ -156,7 +176,7 @@ def propagate(extent: Extent, pattern: TapPattern, stride: tuple[int, ...],
         for e, taps in pattern.items():
             reads, j = _reads(stride, upsample, box, e)
             support |= _spread(taps, reads[None] & extent.nonzero_at(j))
-    return Extent(window, ~bad, low, support, biased)
+    return Extent(window, ~bad, low, support, biased, bias_classes)
 
 
 def _support_box(extent: Extent, pattern: TapPattern, stride: tuple[int, ...],
@@ -185,17 +205,34 @@ def _common_box(extents: Sequence[Extent]) -> tuple[tuple[int, ...], tuple[int, 
     return low, high
 
 
-def merge_add(extents: Sequence[Extent], biased: np.ndarray) -> Extent:
+def merge_add(extents: Sequence[Extent], biased: np.ndarray,
+              bias_classes: np.ndarray | None = None) -> Extent:
     """A sum: exact where every term is; supports united per channel."""
     low, high = _common_box(extents)
     exact = np.logical_and.reduce([e.exact for e in extents])
     support = np.logical_or.reduce([e.with_support_box(low, high) for e in extents])
-    return Extent(extents[0].window, exact, low, support, biased)
+    return Extent(extents[0].window, exact, low, support, biased, bias_classes)
 
 
-def merge_concat(extents: Sequence[Extent], biased: np.ndarray) -> Extent:
+def merge_concat(extents: Sequence[Extent], biased: np.ndarray,
+                 bias_classes: np.ndarray | None = None) -> Extent:
     """Channel concatenation: per-channel knowledge stacked."""
     low, high = _common_box(extents)
     exact = np.concatenate([e.exact for e in extents])
     support = np.concatenate([e.with_support_box(low, high) for e in extents])
-    return Extent(extents[0].window, exact, low, support, biased)
+    return Extent(extents[0].window, exact, low, support, biased, bias_classes)
+
+
+def periodic_bias_pool(out: Extent, parent: Extent, regular: np.ndarray,
+                       bias_classes: np.ndarray | None) -> Extent:
+    """A pool's extent (:func:`algebra.pooling.pool_extent`) when its input's bias may be
+    periodic: the regular positions follow :func:`propagate`'s per-position rule already;
+    an irregular window (``~regular``) of a channel whose bias varies over the phases
+    averages different constants on the two sides, so it is taken as inexact
+    (conservative).  The result carries ``bias_classes`` (the node's own labels)."""
+    exact = out.exact
+    if parent.bias_classes is not None:
+        flat = parent.bias_classes.reshape(parent.channels, -1)
+        varying = ~(flat == flat[:, :1]).all(axis=1)
+        exact = exact & ~(varying.reshape(-1, *(1,) * regular.ndim) & ~regular[None])
+    return Extent(out.window, exact, out.support_offset, out.support, out.biased, bias_classes)

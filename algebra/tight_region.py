@@ -51,15 +51,17 @@ def check_cost(network: Network, shapes: dict[str, tuple[int, ...]], operator: A
 
 def evaluation_cost(network: Network, shapes: dict[str, tuple[int, ...]], terms: int) -> int:
     """:func:`check_cost` for an operator of ``terms`` nonzero coefficients."""
-    from .network import AvgPool, Conv, ConvTranspose, GlobalAvgPool
+    from .network import AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, GlobalAvgPool
     macs = 0
     for name in network.order():
         node = network.nodes[name]
         out = int(np.prod(shapes[name]))
         if isinstance(node, (Conv, ConvTranspose)):
             macs += out * int(np.prod(node.weight.shape[1:]))
-        elif isinstance(node, AvgPool):
-            macs += out * int(np.prod(node.kernel_size))
+        elif isinstance(node, (AvgPool, AdaptiveAvgPool)):
+            windows = node.windows(shapes[node.input][1:])
+            macs += shapes[name][0] * int(np.prod([sum(b - a for a, b in zip(ax.start, ax.stop))
+                                                   for ax in windows.axes]))
         elif isinstance(node, GlobalAvgPool):
             macs += int(np.prod(shapes[node.input]))
         else:
@@ -88,7 +90,8 @@ def tighten_region(network: Network, operator: Any, input_shape: tuple[int, ...]
               _random_input(input_shape, rng)):
         net = np.array([to_sympy(v) for v in forward_exact(network, x, input_shape)],
                        dtype=object).reshape(output_shape)
-        collapsed = apply_operator(operator, x, output_shape[1:])
+        collapsed = operator.apply(x, output_shape[1:]) if getattr(operator, "is_polyphase", False) \
+            else apply_operator(operator, x, output_shape[1:])
         for index in zip(*np.nonzero(agree)):
             channel_values = (net[(slice(None), *index)], collapsed[(slice(None), *index)])
             if any((a - b) != 0 and (a - b).expand() != 0 for a, b in zip(*channel_values)):

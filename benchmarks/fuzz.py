@@ -93,14 +93,21 @@ import torch.nn.functional as F
 
 import laurentnet.algebra as algebra
 import laurentnet.numeric as numeric
+import laurentnet.numeric.kernels as numeric_kernels
 from laurentnet.algebra import LaurentnetError, Network
 
 Shape = tuple[int, ...]
 
 TOL = 1e-9
-FAMILIES = ("chain", "periodic", "multirate", "classifier")
+FAMILIES = ("chain", "periodic", "multirate", "classifier", "kernels")
 #: run in this order: the exact collapse is also checked against the exact affine map
-PATHS = ("exact_affine", "exact_collapse", "numeric_collapse", "affine_vjp", "affine_jvp")
+PATHS = ("exact_affine", "exact_collapse", "numeric_collapse", "numeric_methods", "affine_vjp",
+         "affine_jvp")
+#: the product methods of :func:`laurentnet.numeric.polymatmul.polymatmul` that the
+#: ``numeric_methods`` path forces, one numeric collapse each
+PRODUCT_METHODS = ("dft", "fft", "taps", "conv")
+#: the ``tight=`` settings a network is collapsed with (drawn per network)
+TIGHT_SETTINGS = ("auto", True, False)
 MODES = ("zeros", "reflect", "replicate", "circular")
 STATUSES = ("ok", "refused", "mismatch", "timeout")
 
@@ -109,20 +116,26 @@ STATUSES = ("ok", "refused", "mismatch", "timeout")
 REFERENCE_PAD_MODE = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate",
                       "circular": "circular"}
 
+#: network tags: a sum or concat of branches whose rates ``S / U`` differ (no collapse
+#: exists: the collapses must refuse it), or whose rates the harness cannot tell
+RATES_DIFFER = "sum of unequal rate ratios"
+RATES_UNKNOWN = "sum after an adaptive fit"
+
+#: the paths that collapse the network to one operator
+COLLAPSE_PATHS = ("exact_collapse", "numeric_collapse", "numeric_methods")
+
 #: documented refusals that are plain ``ValueError``s: (label, message pattern, paths)
 DOCUMENTED_REFUSALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("flatten/linear is not a convolution", r"is not a convolution; collapse the network "
-     r"to an affine map", ("exact_collapse", "numeric_collapse")),
+     r"to an affine map", COLLAPSE_PATHS),
     ("output is not an image", r"the network output is not an image",
-     ("exact_collapse", "numeric_collapse")),
+     COLLAPSE_PATHS),
     ("up-sampling after a non-coprime stride", r"is not a single multi-rate convolution",
-     ("exact_collapse", "numeric_collapse")),
+     COLLAPSE_PATHS),
     ("bias before up-sampling", r"a bias before zero-insertion up-sampling is not "
-     r"shift-invariant", ("exact_collapse", "numeric_collapse")),
+     r"shift-invariant", COLLAPSE_PATHS),
     ("branches with different rates", r"cannot add operators with strides|vstack needs "
-     r"operators with equal strides", ("exact_collapse", "numeric_collapse")),
-    ("transposed conv in the numeric collapse", r"transposed convolutions \(up-sampling\) "
-     r"have no strided-kernel form", ("numeric_collapse",)),
+     r"operators with equal strides", COLLAPSE_PATHS),
 )
 
 
@@ -160,6 +173,8 @@ class Spec:
     shapes: list[Shape] = field(default_factory=list)
     output: int = 0
     collapsible: bool = True  # built to stay one multi-rate operator (see _Builder)
+    tight: bool | str = "auto"  # the collapses' ``tight=`` argument
+    tags: set[str] = field(default_factory=set)  # network-level kinds (multirate patterns)
 
     @property
     def output_shape(self) -> Shape:
@@ -167,7 +182,7 @@ class Spec:
 
     def features(self) -> list[str]:
         """The kinds of layer this network exercises (the per-kind counts)."""
-        tags = {f"{self.ndim}-D", f"family {self.family}"}
+        tags = {f"{self.ndim}-D", f"family {self.family}", f"tight={self.tight}"} | self.tags
         for op in self.ops:
             tags.update(_op_features(op))
         return sorted(tags)
@@ -199,12 +214,20 @@ def _op_features(op: Op) -> set[str]:
         tags.update({"stride"} if any(s > 1 for s in p["stride"]) else set())
         tags.update({"dilation"} if any(d > 1 for d in p["dilation"]) else set())
         tags.update({"groups"} if p["groups"] > 1 else set())
+        tags.update({"wide kernel"} if max(p["weight"].shape[2:]) > 3 else set())
         return tags
     if op.kind == "avg_pool":
         tags = {"avg_pool"}
         if any(p["padding"]):
             tags.add("avg_pool padded" + ("" if p["count_include_pad"] else " exclude_pad"))
+        if p.get("ceil_mode"):
+            tags.add("avg_pool ceil_mode")
+        if p.get("divisor_override") is not None:
+            tags.add("avg_pool divisor_override")
         return tags
+    if op.kind == "adaptive_avg_pool":
+        dividing = all(n % o == 0 for n, o in zip(p["in_size"], p["output_size"]))
+        return {"adaptive_avg_pool" + ("" if dividing else " non-dividing")}
     if op.kind == "add":
         return {"add (branches)" if len(op.inputs) > 1 else "scale"}
     if op.kind in ("linear", "flatten"):
@@ -299,16 +322,46 @@ class _Builder:
             local_s = params["stride"] or params["kernel"]
         elif kind == "global_avg_pool":
             local_s = self.shape(inputs[0])[1:]
+        elif kind == "adaptive_avg_pool":  # 0: unknown (the package fits a stride)
+            local_s = tuple(n // o if n % o == 0 else 0 for n, o in zip(params["in_size"],
+                                                                      params["output_size"]))
         elif kind == "conv_transpose":
+            self._tag_upsampling(inputs[0], params["stride"])
             local_u, biased = params["stride"], biased or params["bias"] is not None
         elif kind == "upsample":
+            self._tag_upsampling(inputs[0], params["factor"])
             local_u = params["factor"]
+        elif kind in ("add", "concat") and len({self.rates[i] for i in inputs}) > 1:
+            ratios = {self.ratio(i) for i in inputs}
+            if None in ratios:
+                self.spec.tags.add(RATES_UNKNOWN)
+            elif len(ratios) > 1:
+                self.spec.tags.add(RATES_DIFFER)
+            else:
+                self.spec.tags.add("polyphase: sum of rates")
         elif kind in ("batch_norm", "channel_affine"):
             biased = biased or kind == "batch_norm" or params.get("shift") is not None
         rate = (tuple(a * b for a, b in zip(S, local_s)), tuple(a * b for a, b in zip(U, local_u)))
         self.rates.extend([rate] * len(shapes))
         self.biased.extend([biased] * len(shapes))
         return list(range(first, len(self.spec.shapes)))
+
+    def ratio(self, v: int) -> tuple[Fraction, ...] | None:
+        """The rate ``S / U`` per axis of ``v`` (``None`` after an adaptive pool whose
+        output size does not divide its input: the fitted stride is the package's)."""
+        S, U = self.rates[v]
+        if any(s == 0 for s in S):
+            return None
+        return tuple(Fraction(s, u) for s, u in zip(S, U))
+
+    def _tag_upsampling(self, v: int, factor: Shape) -> None:
+        """Tag the multirate patterns that need a polyphase collapse."""
+        if all(u == 1 for u in factor):
+            return
+        if self.biased[v]:
+            self.spec.tags.add("polyphase: bias before up")
+        if any(u > 1 and math.gcd(u, s) != 1 for u, s in zip(factor, self.rates[v][0])):
+            self.spec.tags.add("polyphase: non-coprime up")
 
     def may_upsample(self, v: int, factor: Shape) -> bool:
         """Up-sampling stays one operator when nothing before it is biased and each factor
@@ -440,18 +493,27 @@ class _Builder:
         return self.emit("add", (v,), dict(coefficients=(self.number(),)), [self.shape(v)])[0]
 
     def avg_pool(self, v: int) -> int:
+        """``F.avg_pool`` with random kernel, stride, padding, ``ceil_mode``,
+        ``count_include_pad`` and ``divisor_override`` (the output shape from torch itself)."""
         rng = self.rng
         c, *n = self.shape(v)
         kernel = self.axes((1, 2, 3))
         stride = None if rng.random() < 0.5 else tuple(rng.randint(1, k + 1) for k in kernel)
         padding = tuple(rng.randint(0, k // 2) for k in kernel)
-        s = kernel if stride is None else stride
-        out = tuple((m + 2 * p - k) // si + 1 for m, p, k, si in zip(n, padding, kernel, s))
-        if min(out) < 1 or (self.ndim == 3 and any(k > m for k, m in zip(kernel, n))):
-            return v  # torch's avg_pool3d also refuses an input smaller than the kernel
         params = dict(kernel=kernel, stride=stride, padding=padding,
-                      count_include_pad=rng.random() < 0.5)
-        return self.emit("avg_pool", (v,), params, [(c, *out)])[0]
+                      count_include_pad=rng.random() < 0.5, ceil_mode=rng.random() < 0.35,
+                      divisor_override=rng.randint(1, 6) if rng.random() < 0.25 else None)
+        out = _torch_shape(Op("avg_pool", (v,), params), self.shape(v), self.ndim)
+        if out is None or min(out[1:]) < 1:
+            return v
+        return self.emit("avg_pool", (v,), params, [out])[0]
+
+    def adaptive_avg_pool(self, v: int) -> int:
+        """``F.adaptive_avg_pool`` to a random size (a divisor of the input size or not)."""
+        c, *n = self.shape(v)
+        size = tuple(self.rng.randint(1, m) for m in n)
+        params = dict(output_size=size, in_size=tuple(n))
+        return self.emit("adaptive_avg_pool", (v,), params, [(c, *size)])[0]
 
     def global_avg_pool(self, v: int) -> int:
         return self.emit("global_avg_pool", (v,), {}, [(self.shape(v)[0],) + (1,) * self.ndim])[0]
@@ -523,13 +585,76 @@ class _Builder:
         order = pieces[::-1]
         return self.emit("concat", tuple(order), {}, [(total, *out)])[0]
 
+    # multirate patterns with no single strided kernel (a polyphase collapse) -----------
+    def _up(self, v: int, factor: Shape) -> int:
+        """Zero insertion by ``factor``, or a transposed conv at that stride (no bias)."""
+        c, *n = self.shape(v)
+        if self.rng.random() < 0.5:
+            out = tuple((m - 1) * u + 1 for m, u in zip(n, factor))
+            return self.emit("upsample", (v,), dict(factor=factor), [(c, *out)])[0]
+        kernel = self.axes((1, 2, 3))
+        out = tuple((m - 1) * u + k for m, u, k in zip(n, factor, kernel))
+        params = dict(weight=self.weights(c, c, *kernel), bias=None, stride=factor,
+                      padding=(0,) * self.ndim, output_padding=(0,) * self.ndim,
+                      dilation=(1,) * self.ndim, groups=1)
+        return self.emit("conv_transpose", (v,), params, [(c, *out)])[0]
+
+    def rate_sum(self, v: int) -> int:
+        """``v + down_s K up_u v`` (``s = u``, or other rates with the same size): a sum of
+        branches with different rates."""
+        c, *n = self.shape(v)
+        factor = self.axes((1, 2, 2, 3))
+        if all(u == 1 for u in factor):
+            factor = (2,) + factor[1:]
+        if max(m * u for m, u in zip(n, factor)) > 3 * self.max_size:
+            return self.conv(v)
+        up = self._up(v, factor)
+        stride = tuple(u if self.rng.random() < 0.7 else max(1, u - 1) for u in factor)
+        back = self.conv_matching(up, c, tuple(n), stride)
+        if back < 0:
+            return up if max(self.shape(up)[1:]) <= self.max_size else self.conv(v)
+        return self.add((v, back))
+
+    def bias_upsample(self, v: int) -> int:
+        """A biased conv, then up-sampling: the bias becomes periodic over the phases."""
+        h = self.conv(v)
+        if self.spec.ops[-1].params["bias"] is None:
+            self.spec.ops[-1].params["bias"] = self.weights(self.shape(h)[0], zero=0.2)
+            self.biased[h] = True
+        c, *n = self.shape(h)
+        factor = self.axes((1, 2, 3))
+        if all(u == 1 for u in factor) or \
+                max((m - 1) * u + 3 for m, u in zip(n, factor)) > self.max_size:
+            return h
+        return self._up(h, factor)
+
+    def stride_upsample(self, v: int) -> int:
+        """A stride ``s`` then up-sampling by ``u`` with ``gcd(u, s) > 1``."""
+        c, *n = self.shape(v)
+        stride = self.axes((1, 2, 2, 3))
+        if all(s == 1 for s in stride) or any(m < 2 * s for m, s in zip(n, stride)):
+            return self.conv(v)
+        out = tuple(conv_out(m, 1, s, 1, 0, 0) for m, s in zip(n, stride))
+        h = self.conv_matching(v, self.rng.randint(1, 3), out, stride)
+        if h < 0:
+            return self.conv(v)
+        factor = tuple(s if s > 1 and self.rng.random() < 0.7 else self.rng.choice((1, 2))
+                       for s in stride)
+        _, *m = self.shape(h)
+        if max((a - 1) * u + 3 for a, u in zip(m, factor)) > self.max_size:
+            return h
+        return self._up(h, factor)
+
     def block(self, v: int, kinds: Sequence[str]) -> int:
         return getattr(self, self.rng.choice(kinds))(v)
 
 
 CHAIN_BLOCKS = ("conv", "conv", "conv", "residual", "branches", "concat_split", "batch_norm",
                 "channel_affine", "scale", "avg_pool", "avg_pool", "long_skip")
+CHAIN_BLOCKS += ("adaptive_avg_pool",)
 MULTIRATE_BLOCKS = CHAIN_BLOCKS + ("conv_transpose", "conv_transpose", "upsample", "upsample")
+#: blocks whose collapse is a polyphase operator (no single strided kernel)
+POLYPHASE_BLOCKS = ("rate_sum", "rate_sum", "bias_upsample", "stride_upsample")
 
 
 def _sizes(rng: random.Random, ndim: int) -> tuple[Shape, int]:
@@ -588,20 +713,59 @@ def _periodic(b: _Builder, depth: int) -> int:
     return circ(v, wide=True)
 
 
+#: the ``kernels`` family per dimension: input sizes, kernel sizes, dilations, depth
+KERNEL_FAMILY = {1: ((8, 24), (1, 3, 5, 7), (1, 2, 3), (2, 5)),
+                 2: ((4, 8), (1, 2, 3, 4, 5), (1, 2), (2, 3)),
+                 3: ((3, 4), (1, 2, 3), (1, 2), (2, 2))}
+
+
+def _kernels(b: _Builder, depth: int) -> int:
+    """Zero-padded convs with wide, dilated kernels and 1-4 channels (sometimes strided,
+    sometimes depthwise), so that the composed kernels reach every product method of
+    :func:`~laurentnet.numeric.polymatmul.polymatmul` (1-D chains pass 48 taps: ``'fft'``)."""
+    rng, ndim = b.rng, b.ndim
+    _, ks, ds, _ = KERNEL_FAMILY[ndim]
+    v = 0
+    for _ in range(depth):
+        c, *n = b.shape(v)
+        kernel, dilation = b.axes(ks), b.axes(ds)
+        cout = rng.randint(1, 4)
+        stride = (1,) * ndim if rng.random() < 0.8 else b.axes((1, 2))
+        pairs = same_pairs(kernel, dilation) if rng.random() < 0.7 else \
+            tuple((rng.randint(0, d * (k - 1)), rng.randint(0, d * (k - 1)))
+                  for k, d in zip(kernel, dilation))
+        out = tuple(conv_out(m, k, s, d, l, r) for m, k, s, d, (l, r)
+                    in zip(n, kernel, stride, dilation, pairs))
+        if min(out) < 1 or max(out) > b.max_size:
+            continue
+        groups = b.groups(c, cout)
+        params = dict(weight=b.weights(cout, c // groups, *kernel), bias=b.maybe_bias(cout),
+                      stride=stride, padding=pairs, pairs=pairs, dilation=dilation,
+                      groups=groups, mode="zeros")
+        v = b.emit("conv", (v,), params, [(cout, *out)])[0]
+    return v if v else b.conv(0)
+
+
 def generate(seed: int, index: int) -> Spec:
     """Network ``index`` of the campaign ``seed`` (deterministic: its own RNG)."""
     rng = random.Random(f"laurentnet-fuzz:{seed}:{index}")
-    family = rng.choices(FAMILIES, weights=(5, 1, 3, 2))[0]
+    family = rng.choices(FAMILIES, weights=(5, 1, 4, 2, 2))[0]
     ndim = rng.choices((1, 2, 3), weights=(4, 5, 2))[0]
     sizes, cap = _sizes(rng, ndim)
     if family == "periodic":
         sizes = tuple(rng.choice((4, 6, 8) if ndim < 3 else (2, 4)) for _ in range(ndim))
         cap = max(sizes)
+    elif family == "kernels":
+        sizes = tuple(rng.randint(*KERNEL_FAMILY[ndim][0]) for _ in range(ndim))
+        cap = max(sizes)
     spec = Spec(seed, index, family, ndim, (rng.randint(1, 4), *sizes))
-    spec.collapsible = family != "multirate" or rng.random() < 0.7
+    spec.collapsible = family != "multirate" or rng.random() < 0.5
+    spec.tight = rng.choices(TIGHT_SETTINGS, weights=(2, 1, 1))[0]
     b = _Builder(rng, spec, cap, collapsible=spec.collapsible)
     if family == "periodic":
         v = _periodic(b, rng.randint(1, 4))
+    elif family == "kernels":
+        v = _kernels(b, rng.randint(*KERNEL_FAMILY[ndim][3]))
     elif family == "classifier":
         v = _chain(b, 0, CHAIN_BLOCKS, rng.randint(0, 3))
         if rng.random() < 0.4:
@@ -619,6 +783,9 @@ def generate(seed: int, index: int) -> Spec:
         v = 0
         if family == "multirate" and rng.random() < 0.6:  # up-sample before any bias
             v = b.block(v, ("conv_transpose", "upsample"))
+        if family == "multirate" and not spec.collapsible:  # one polyphase pattern at least
+            v = b.block(v, POLYPHASE_BLOCKS)
+            kinds = kinds + POLYPHASE_BLOCKS
         v = _chain(b, v, kinds, rng.randint(1, 4))
         if rng.random() < 0.1:
             v = b.global_avg_pool(v)
@@ -648,7 +815,11 @@ def build_network(spec: Spec) -> Network:
             out = [net.channel_affine(xs[0], p["scale"], p["shift"])]
         elif op.kind == "avg_pool":
             out = [net.avg_pool(xs[0], p["kernel"], p["stride"], p["padding"],
-                                count_include_pad=p["count_include_pad"])]
+                                count_include_pad=p["count_include_pad"],
+                                ceil_mode=p.get("ceil_mode", False),
+                                divisor_override=p.get("divisor_override"))]
+        elif op.kind == "adaptive_avg_pool":
+            out = [net.adaptive_avg_pool(xs[0], p["output_size"])]
         elif op.kind == "global_avg_pool":
             out = [net.global_avg_pool(xs[0])]
         elif op.kind == "add":
@@ -677,6 +848,7 @@ CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 CONV_MODULE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+ADAPTIVE = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
 
 def _t(values: Any) -> torch.Tensor | None:
@@ -713,6 +885,32 @@ def _ref_upsample(x: torch.Tensor, factor: Shape) -> torch.Tensor:
     return y
 
 
+def _ref_avg_pool(x: torch.Tensor, p: dict[str, Any], ndim: int) -> torch.Tensor:
+    """``F.avg_pool{n}d`` with every option; a 1-D pool with ``divisor_override`` (which
+    ``avg_pool1d`` lacks) is ``avg_pool2d`` on a trailing axis of size 1."""
+    kernel, stride = p["kernel"], p["stride"] or p["kernel"]
+    options = dict(ceil_mode=p.get("ceil_mode", False), count_include_pad=p["count_include_pad"])
+    divisor = p.get("divisor_override")
+    if divisor is None:
+        return AVG[ndim](x, kernel, stride, p["padding"], **options)
+    if ndim == 1:
+        return F.avg_pool2d(x[..., None], (*kernel, 1), (*stride, 1), (*p["padding"], 0),
+                            divisor_override=divisor, **options)[..., 0]
+    return AVG[ndim](x, kernel, stride, p["padding"], divisor_override=divisor, **options)
+
+
+def _torch_shape(op: Op, shape: Shape, ndim: int) -> Shape | None:
+    """The output shape torch gives one layer on an input of ``shape`` (``None`` when torch
+    refuses it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = _ref_op(op, [torch.zeros((1, *shape), dtype=torch.float64)], ndim)[0]
+    except (RuntimeError, ValueError):
+        return None
+    return tuple(out.shape[1:])
+
+
 def _per_channel(values: Sequence[Any], ndim: int) -> torch.Tensor:
     return _t(list(values)).reshape(1, -1, *(1,) * ndim)
 
@@ -735,8 +933,9 @@ def _ref_op(op: Op, xs: list[torch.Tensor], ndim: int) -> list[torch.Tensor]:
         y = xs[0] * _per_channel(p["scale"], ndim)
         return [y if p["shift"] is None else y + _per_channel(p["shift"], ndim)]
     if op.kind == "avg_pool":
-        return [AVG[ndim](xs[0], p["kernel"], p["stride"] or p["kernel"], p["padding"],
-                          ceil_mode=False, count_include_pad=p["count_include_pad"])]
+        return [_ref_avg_pool(xs[0], p, ndim)]
+    if op.kind == "adaptive_avg_pool":
+        return [ADAPTIVE[ndim](xs[0], p["output_size"])]
     if op.kind == "global_avg_pool":
         return [xs[0].mean(dim=tuple(range(2, 2 + ndim)), keepdim=True)]
     if op.kind == "add":
@@ -817,6 +1016,23 @@ class PathTimeout(BaseException):
 
 
 @contextlib.contextmanager
+def forced_product_method(method: str, counts: Counter) -> Iterator[None]:
+    """Every kernel product of :class:`~laurentnet.numeric.kernels.KernelOperator` goes
+    through ``polymatmul(..., method=method)`` (counted in ``counts[method]``)."""
+    real = numeric_kernels.polymatmul
+
+    def forced(outer: torch.Tensor, inner: torch.Tensor, dilation: Any = 1,
+               _method: str = "auto", budget: int | None = None) -> torch.Tensor:
+        counts[method] += 1
+        return real(outer, inner, dilation, method, budget)
+    numeric_kernels.polymatmul = forced
+    try:
+        yield
+    finally:
+        numeric_kernels.polymatmul = real
+
+
+@contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
     """Raise :class:`PathTimeout` after ``seconds`` (main thread with SIGALRM only)."""
     usable = seconds > 0 and hasattr(signal, "setitimer") and \
@@ -877,6 +1093,7 @@ class NetworkReport:
     periodic_missed: bool = False  # a periodic-family network collapsed as zero-extended
     unexpected: list[str] = field(default_factory=list)  # paths that refused unexpectedly
     region_differs: bool = False  # numeric and exact regions differ (information only)
+    products: Counter = field(default_factory=Counter)  # polymatmul calls per forced method
 
     @property
     def mismatches(self) -> list[Outcome]:
@@ -946,7 +1163,10 @@ def operator_matrix(op: Any, in_shape: Shape, out_shape: Shape, periodic: bool
     window, straight from docs/conventions.md (not the package's ``apply``):
     ``y[o, i] = b_o + sum_{c, j} K_oc[s i - u j] x[c, j]``, with the exponents taken modulo
     the input size ``n`` on a periodic grid (``K mod z^n - 1``).  Returns ``W`` and ``B`` as
-    ``QQ`` elements and the same rounded once to float64."""
+    ``QQ`` elements and the same rounded once to float64.  A polyphase operator (a multirate
+    collapse with no single kernel): :func:`polyphase_matrix`."""
+    if getattr(op, "is_polyphase", False):
+        return polyphase_matrix(op, in_shape, out_shape)
     zero = op.ring.domain.zero
     (c_in, *n), (c_out, *m) = in_shape, out_shape
     ndim = len(n)
@@ -966,6 +1186,41 @@ def operator_matrix(op: Any, in_shape: Shape, out_shape: Shape, periodic: bool
             if terms:
                 W[o, :, c, :], Wf[o, :, c, :] = _gather(terms, diff, zero)
     B = np.array([b for b in op.bias for _ in range(len(i))], dtype=object)
+    shape = (c_out * len(i), c_in * len(j))
+    return W.reshape(shape), Wf.reshape(shape), B, to_float(B)
+
+
+def polyphase_matrix(op: Any, in_shape: Shape, out_shape: Shape
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`operator_matrix` of a polyphase operator (input period ``P``, output period
+    ``Q``, block ``H``), from docs/conventions.md: ``y[o, mQ + t] = b_{o,t} +
+    sum_{c, r, k} H_{(o,t),(c,r)}[m - k] x[c, kP + r]`` (zero extension)."""
+    zero = op.ring.domain.zero
+    (c_in, *n), (c_out, *m) = in_shape, out_shape
+    ndim = len(n)
+    P, Q = np.asarray(op.in_period), np.asarray(op.out_period)
+    i = np.indices(m).reshape(ndim, -1).T
+    j = np.indices(n).reshape(ndim, -1).T
+    t_of = np.ravel_multi_index(tuple((i % Q).T), tuple(Q))
+    r_of = np.ravel_multi_index(tuple((j % P).T), tuple(P))
+    diff = (i // Q)[:, None, :] - (j // P)[None, :, :]
+    M, N = int(np.prod(Q)), int(np.prod(P))
+    W = np.full((c_out, len(i), c_in, len(j)), zero, dtype=object)
+    Wf = np.zeros(W.shape)
+    for o in range(c_out):
+        for c in range(c_in):
+            for t in range(M):
+                for r in range(N):
+                    poly = op.block.matrix[o * M + t][c * N + r]
+                    if not poly:
+                        continue
+                    rows, cols = np.nonzero(t_of == t)[0], np.nonzero(r_of == r)[0]
+                    if not len(rows) or not len(cols):
+                        continue
+                    sub = np.ix_(rows, cols)
+                    W[o, :, c, :][sub], Wf[o, :, c, :][sub] = _gather(
+                        dict(poly.iterterms()), diff[sub], zero)
+    B = np.array([op.bias[o * M + t] for o in range(c_out) for t in t_of], dtype=object)
     shape = (c_out * len(i), c_in * len(j))
     return W.reshape(shape), Wf.reshape(shape), B, to_float(B)
 
@@ -1006,14 +1261,11 @@ def apply_cost(op: Any, in_shape: Shape) -> int:
 
 def expected_to_accept(spec: Spec, path: str) -> bool:
     """Whether ``path`` should accept the network: the affine paths take every linear
-    network, the collapses every one built to stay one operator (no flatten/linear), the
-    numeric collapse none with a transposed conv or an up-sampling."""
-    if path not in ("exact_collapse", "numeric_collapse"):
-        return True
-    if spec.family == "classifier" or not spec.collapsible:
-        return False
-    return path == "exact_collapse" or not any(op.kind in ("conv_transpose", "upsample")
-                                               for op in spec.ops)
+    network, the collapses every one without flatten/linear (a multirate network with no
+    single strided kernel collapses to a polyphase operator; transposed convs collapse on
+    both sides) and whose summed branches have equal rates ``S / U``."""
+    return path not in COLLAPSE_PATHS or (spec.family != "classifier" and
+                                          not {RATES_DIFFER, RATES_UNKNOWN} & spec.tags)
 
 
 class Runner:
@@ -1027,6 +1279,7 @@ class Runner:
         self.exact_map: Any = None
         self.exact_collapse: Any = None
         self.numeric_region: np.ndarray | None = None
+        self.exact_equal: np.ndarray | None = None  # positions where the exact collapse is right
 
     def run(self) -> NetworkReport:
         self.net = build_network(self.spec)
@@ -1064,13 +1317,15 @@ class Runner:
     def _path_exact_collapse(self) -> None:
         """The detected semantics; for a periodic network also the zero-extended one
         (``periodic=False``), whose region must be right too."""
-        result = algebra.collapse(self.net, self.spec.input_shape)
+        result = algebra.collapse(self.net, self.spec.input_shape, tight=self.spec.tight)
         not_tight = self._check_exact_result(result)
+        self._check_tight_setting(result)
         self.exact_collapse = result
         self.report.periodic_missed = self.spec.family == "periodic" and not result.periodic
         if result.periodic:
+            self.exact_equal = None  # the numeric collapse is periodic too
             self._check_exact_result(algebra.collapse(self.net, self.spec.input_shape,
-                                                      periodic=False))
+                                                      periodic=False, tight=self.spec.tight))
         else:
             self.report.not_tight = not_tight
 
@@ -1088,11 +1343,17 @@ class Runner:
         self._raise_if_rows_differ(~equal & rows, "exact operator vs the reference", result)
         if self.exact_map is not None:
             Wa, Ba = dense_exact(self.exact_map)
-            same = (W[rows] == Wa[rows]).all(axis=1) & (B[rows] == Ba[rows])
-            differ = np.zeros_like(rows)
-            differ[rows] = ~same
-            self._raise_if_rows_differ(differ, "exact operator != exact affine map (as "
+            same = (W == Wa).all(axis=1) & (B == Ba)
+            self._raise_if_rows_differ(~same & rows, "exact operator != exact affine map (as "
                                        "rationals)", result)
+            self.exact_equal = same.reshape(out_shape).all(axis=0)
+            outside = ~result.region & self.exact_equal
+            if result.tight_for == "these weights" and outside.any():
+                raise _Mismatch(f"region said tight for these weights, yet at {int(outside.sum())}"
+                                f" positions outside it the operator equals the network exactly"
+                                f" (as rationals), first "
+                                f"{tuple(int(i) for i in np.argwhere(outside)[0])}; "
+                                f"{self._region_words(result)}")
         if apply_cost(result.operator, self.spec.input_shape) <= APPLY_COST_MAX:
             got = to_float(result.apply(ref.x))
             wrong = ~_close(got, ref.y, ref.scale).all(axis=0) & result.region
@@ -1103,6 +1364,16 @@ class Runner:
                                 f"{self._region_words(result)}")
         return int((~result.region & equal.reshape(out_shape).all(axis=0)).sum())
 
+    def _check_tight_setting(self, result: Any) -> None:
+        """``tight=True`` decides every position (unless the region is already all of the
+        output); ``tight=False`` never does."""
+        want, got = self.spec.tight, result.tight_for
+        if want is True and not result.periodic and not result.region.all() \
+                and got != "these weights":
+            raise _Mismatch(f"tight=True, yet the region is tight for {got}")
+        if want is False and got != "generic weights":
+            raise _Mismatch(f"tight=False, yet the region is tight for {got}")
+
     def _raise_if_rows_differ(self, bad: np.ndarray, what: str, result: Any) -> None:
         if bad.any():
             first = tuple(int(i) for i in np.unravel_index(np.argmax(bad), self.spec.output_shape))
@@ -1110,9 +1381,38 @@ class Runner:
                             f"first (channel, *position) {first}; {self._region_words(result)}")
 
     def _path_numeric_collapse(self) -> None:
+        """The float collapse with the network's ``tight=`` setting: checked as in
+        :meth:`_check_numeric`; a region tight for these weights must be the exact one."""
+        result = numeric.collapse_numeric(self.net, self.spec.input_shape, tight=self.spec.tight)
+        equal = self._check_numeric(result)
+        self._check_tight_setting(result)
+        if result.tight_for == "these weights" and self.exact_equal is not None \
+                and not result.periodic and (result.region != self.exact_equal).any():
+            raise _Mismatch(f"numeric region tight for these weights != the positions where "
+                            f"the exact operator equals the network (numeric "
+                            f"{int(result.region.sum())}, exact {int(self.exact_equal.sum())} "
+                            f"positions); {self._region_words(result)}")
+        self.numeric_region = result.region
+        if self.exact_collapse is None and not result.periodic:
+            close = equal.reshape(self.spec.output_shape).all(axis=0)
+            self.report.not_tight = int((~result.region & close).sum())
+
+    def _path_numeric_methods(self) -> None:
+        """The float collapse once per product method of ``polymatmul`` (forced for every
+        kernel product of the walk; ``tight=False``), each checked as in
+        :meth:`_check_numeric`; the products per method are counted."""
+        for method in PRODUCT_METHODS:
+            with forced_product_method(method, self.report.products):
+                result = numeric.collapse_numeric(self.net, self.spec.input_shape, tight=False)
+            try:
+                self._check_numeric(result)
+            except _Mismatch as exc:
+                raise _Mismatch(f"method {method!r}: {exc}") from None
+
+    def _check_numeric(self, result: Any) -> np.ndarray:
         """On small inputs the whole map (identity batch) is checked at the region's
-        positions, on larger ones (where the batched 3-D conv is slow) ``SAMPLES`` inputs."""
-        result = numeric.collapse_numeric(self.net, self.spec.input_shape)
+        positions, on larger ones (where the batched 3-D conv is slow) ``SAMPLES`` inputs.
+        Returns which output entries equal the reference (flat, within ``TOL``)."""
         self._check_result_shapes(result)
         shape, ref = self.spec.input_shape, self.ref
         n_in = int(np.prod(shape))
@@ -1140,10 +1440,7 @@ class Runner:
                                 f"entries, first (channel, *position) {first}, max error "
                                 f"{error:.3g}; {self._region_words(result)}")
             equal &= ok
-        self.numeric_region = result.region
-        if self.exact_collapse is None and not result.periodic:
-            close = equal.reshape(self.spec.output_shape).all(axis=0)
-            self.report.not_tight = int((~result.region & close).sum())
+        return equal
 
     def _path_affine_vjp(self) -> None:
         self._numeric_affine("vjp")

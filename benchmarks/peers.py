@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from laurentnet.algebra import Network, collapse, sympy_ground_types  # noqa: E402
 from laurentnet.algebra import flint_operator  # noqa: E402
 
-ROWS = ("exact", "exact-wide", "kernels", "ground-types")
+ROWS = ("exact", "exact-wide", "kernels", "ground-types", "affine", "module", "numeric")
 
 
 CPU: dict[str, float] = {}
@@ -235,6 +235,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["kernels"] = row_kernels(args)
     if "ground-types" in rows:
         report["sympy_ground_types"] = row_ground_types(args)
+    if "affine" in rows:
+        import peers_affine  # this folder is on sys.path when run as a script
+        report["affine"] = peers_affine.row_affine(args)
+        report["speedup_vs_jacrev"] = report["affine"]["speedup_vs_jacrev"]
+    if "module" in rows:
+        import peers_affine
+        report["module"] = peers_affine.row_module(args)
+        report["affine_module_over_addmm"] = report["module"]["affine_module_over_addmm"]
+    if "numeric" in rows:
+        import peers_numeric
+        report["numeric"] = peers_numeric.row_numeric(args)
+        report["numeric_speedup_vs_conv2d"] = report["numeric"]["numeric_speedup_vs_conv2d"]
     return report
 
 
@@ -274,6 +286,12 @@ def table(r: dict[str, Any]) -> str:
         out.append(f"\nsympy-ring collapse (backend=sympy) by ground types: gmpy "
                    f"{g['seconds']['gmpy']:.3f} s, flint {g['seconds']['flint']:.3f} s "
                    f"(flint / gmpy = {g['flint_over_gmpy']:.2f})")
+    if "affine" in r or "module" in r:
+        import peers_affine
+        out += ["", *peers_affine.table_lines(r)]
+    if "numeric" in r:
+        import peers_numeric
+        out += ["", *peers_numeric.table_lines(r["numeric"])]
     return "\n".join(out)
 
 
@@ -293,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                    default=[8, 16, 24, 32])
     p.add_argument("--kernel-layers", type=int, default=6)
     p.add_argument("--sympy", action="store_true", help="also time backend='sympy'")
+    import peers_affine
+    import peers_numeric  # the rows of issue 14 points 2-4, in their own files
+    peers_affine.add_arguments(p)
+    peers_numeric.add_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -70,3 +70,10 @@ __all__ += ["CouplingConv2d", "DenseConv2d", "DepthwiseConv2d", "PointwiseConv2d
             "DiffusionReaction", "ExplicitPDEBlock", "ImplicitDiffusion", "ImplicitPDEBlock",
             "StableStep", "stable_step", "enforce_stability_", "linear_pde_network",
             "LowCostResNet", "StructuredBasicBlock"]
+from .border_module import (BorderCorrectedConv, StripLayers, border_corrected_exit,
+                            border_module)
+
+__all__ += ["BorderCorrectedConv", "StripLayers", "border_corrected_exit", "border_module"]
+from .polyphase_module import PolyphaseConv, polyphase_module
+
+__all__ += ["PolyphaseConv", "polyphase_module"]

@@ -1,8 +1,10 @@
 """ATen shape and channel ops as layers of a linear network.
 
-* ``avg_pool{1,2,3}d`` (floor mode, or ceil mode without a partial window; no divisor
-  override): :func:`avg_pool_layer`; ``adaptive_avg_pool{1,2,3}d`` whose bins are equal
-  for the traced size (a fixed pooling, or the global mean): :func:`adaptive_avg_pool_layer`;
+* ``avg_pool{1,2,3}d`` with every option (``ceil_mode``, ``count_include_pad``,
+  ``divisor_override``): :func:`avg_pool_layer`; ``adaptive_avg_pool{1,2,3}d``: a fixed
+  pooling when the bins are equal for the traced size, the global mean for a 1x1 output,
+  otherwise an adaptive pool (:func:`adaptive_avg_pool_layer`; the windows are
+  :mod:`algebra.pooling`'s);
   ``mean``/``sum`` over every spatial axis: :func:`spatial_reduction_layer`;
 * ``view``/``reshape``/``flatten``/``(un)squeeze`` that flatten ``(C, *n) -> (C·prod n)`` or
   only add/remove singleton axes around ``(N,)`` (judged by the traced shapes before and
@@ -29,29 +31,26 @@ def avg_pool_layer(r: Operands, a: dict[str, Any], ndim: int) -> LinearOp:
     kernel = per_axis_ints(a["kernel_size"], ndim, "kernel_size")
     stride = per_axis_ints(a.get("stride") or kernel, ndim, "stride")
     padding = per_axis_ints(a.get("padding", 0), ndim, "padding")
-    if a.get("divisor_override") is not None:
-        raise NotLinear("average pooling with divisor_override", affine=True)
-    if a.get("ceil_mode"):
-        sizes = r.traced.shape(x)[1:]
-        floor = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(sizes, padding, kernel, stride)]
-        if list(r.traced.shape(r.node)[1:]) != floor:
-            raise NotLinear("average pooling in ceil mode with a partial last window", affine=True)
-    return LinearOp("avg_pool", (x,), dict(kernel=kernel, stride=stride, padding=padding,
-                                           count_include_pad=bool(a.get("count_include_pad", True))))
+    divisor = a.get("divisor_override")
+    return LinearOp("avg_pool", (x,), dict(
+        kernel=kernel, stride=stride, padding=padding,
+        count_include_pad=bool(a.get("count_include_pad", True)),
+        ceil_mode=bool(a.get("ceil_mode", False)),
+        divisor_override=None if divisor is None else int(divisor)))
 
 
 def adaptive_avg_pool_layer(r: Operands, a: dict[str, Any], ndim: int) -> LinearOp:
     x = r.linear(a["input"], (ndim + 1,))
     sizes = r.traced.shape(x)[1:]
     out = r.traced.shape(r.node)[1:]
-    if any(n % o for n, o in zip(sizes, out)):
-        raise NotLinear(f"adaptive average pooling {tuple(sizes)} -> {tuple(out)} has unequal "
-                      "bins for the traced size", affine=True)
+    if any(n % o for n, o in zip(sizes, out)):   # unequal bins for the traced size
+        return LinearOp("adaptive_avg_pool", (x,), dict(output_size=tuple(out)))
     if all(o == 1 for o in out):
         return LinearOp("global_avg_pool", (x,), dict(factor=1.0))
     kernel = tuple(n // o for n, o in zip(sizes, out))
-    return LinearOp("avg_pool", (x,), dict(kernel=kernel, stride=kernel,
-                                           padding=(0,) * ndim, count_include_pad=True))
+    return LinearOp("avg_pool", (x,), dict(kernel=kernel, stride=kernel, padding=(0,) * ndim,
+                                           count_include_pad=True, ceil_mode=False,
+                                           divisor_override=None))
 
 
 def spatial_reduction_layer(r: Operands, a: dict[str, Any], name: str) -> LinearOp:

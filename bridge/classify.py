@@ -20,7 +20,7 @@ from .channel_ops import (AFFINE_OPS, IDENTITY_OPS, RESHAPE_OPS, adaptive_avg_po
                           spatial_reduction_layer)
 from .linear_ops import (PAD_MODES, Boundary, Classified, LinearOp, NotLinear, Operands,
                          arith_layer, batch_norm_layer, conv_layer, matrix_layer, pad_layer,
-                         schema_arguments)
+                         schema_arguments, upsample_nearest_layer)
 from .trace import GETITEM, TracedModel
 
 __all__ = ["classify"]
@@ -53,6 +53,8 @@ def _classify_call(node: fx.Node, traced: TracedModel) -> Classified:
             return pad_layer(r, a, mode)
     if name == "batch_norm":
         return batch_norm_layer(r, a, bool(a.get("training")))
+    if name in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d"):
+        return upsample_nearest_layer(r, a, int(name[-2]))
     if name in ("add", "sub", "rsub", "mul", "div", "neg"):
         return arith_layer(r, name, a)
     if name in ("avg_pool1d", "avg_pool2d", "avg_pool3d"):

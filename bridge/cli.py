@@ -327,9 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     collapse.add_argument("model", metavar="MODEL")
     collapse.add_argument("-o", "--output", required=True, metavar="OUT.pt2")
     collapse.add_argument("--mode", choices=("auto", "affine", "kernel", "partial"),
-                          default="auto", help="what to collapse into (default auto)")
+                          default="auto", help="what to collapse into (default auto); kernel "
+                          "with zero/reflect/replicate padding is border-corrected: the "
+                          "kernel inside, the original layers on border strips, exact "
+                          "everywhere")
     collapse.add_argument("--allow-inexact", action="store_true",
-                          help="allow a kernel that is exact only on an interior region")
+                          help="allow a kernel that is exact only on an interior region "
+                               "(kernel mode: the bare kernel, no border correction)")
     collapse.add_argument("--merge-slower", action="store_true",
                           help="merge segments even where the merged form is slower")
     collapse.add_argument("--no-verify", action="store_true", help="skip the verification")

@@ -11,9 +11,13 @@ finds its linear layers (:mod:`bridge.linear_ops`) and their maximal single-inpu
   by :func:`numeric.extract_affine` in float64: exact for every padding mode;
 * ``"kernel"`` — the whole linear model as ONE convolution; exact everywhere for valid and
   circular padding, and for zero padding where the algebra proves the border harmless (or
-  harmless up to a per-position bias map); otherwise refused with the exact region,
-  unless ``allow_inexact=True`` (the result then agrees with the model on that region,
-  :attr:`Conversion.region`);
+  harmless up to a per-position bias map); otherwise (zero, reflect, replicate padding)
+  **border-corrected**: the kernel on the interior box of the exact region and the
+  original layers on thin input strips for the border band (:mod:`bridge.border_module`),
+  exact at every position at a cost that grows like the image; refused with the exact
+  region only when the layers have no strips (global pools, mixed circular padding).
+  ``allow_inexact=True`` returns the bare kernel instead (it agrees with the model on its
+  region, :attr:`Conversion.region`);
 * ``"partial"`` — every maximal linear segment between kept ops (ReLU, max pooling, gates,
   ...) merged into one convolution per exit where the merge is EXACT for the traced input
   size and cheaper in multiply-adds than the segment's layers (``merge_slower=True``
@@ -43,8 +47,11 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from ..algebra.errors import InvalidInputError
 from ..algebra.memory import memory_budget
 from ..numeric import Machine, extract_affine
+from ..numeric.cost import border_corrected_seconds
+from .border_module import border_corrected_exit
 from .convert_emit import GraphWriter, converted_module
 from .convert_merge import MergedExit, merge_exits, node_macs
 from .convert_plan import (Analysis, analyse, display_nodes, notes, partial_region,
@@ -52,7 +59,7 @@ from .convert_plan import (Analysis, analyse, display_nodes, notes, partial_regi
 from .convert_report import ConversionReport, SegmentReport
 from .count_layers import count_layers
 from .linear_ops import LinearOp
-from .segments import NotMergeable, Segment
+from .segments import NotMergeable, Segment, build_network
 from .trace import ConversionError, quiet_torch
 
 __all__ = ["convert", "Conversion", "ConversionError", "ConversionReport", "count_layers",
@@ -154,12 +161,28 @@ def _kernel_exit(a: Analysis, allow_inexact: bool) -> tuple[Segment, MergedExit]
     except NotMergeable as exc:
         raise ConversionError(f"mode='kernel': {exc}; use mode='affine' (any linear model)") from None
     if not merged.exact and not allow_inexact:
+        merged = _border_corrected(a, segments[0], merged)
+    return segments[0], merged
+
+
+def _border_corrected(a: Analysis, segment: Segment, merged: MergedExit) -> MergedExit:
+    """The inexact kernel made exact at every position: the kernel on the interior of its
+    region, the original layers on the border strips (:mod:`bridge.border_module`); refused
+    with the region when the layers have no strips (non-local layers, circular padding)."""
+    try:
+        if merged.kind == "polyphase":
+            raise InvalidInputError("a polyphase (multirate) exit has no border correction")
+        if merged.kind != "conv":
+            raise InvalidInputError("the output is a single position")
+        sn = build_network(segment, a.traced, a.ops)
+        sn.network.set_output(sn.exit_value(merged.exit))
+        return border_corrected_exit(merged, sn.network)
+    except (InvalidInputError, NotMergeable) as exc:
         raise ConversionError(
             f"mode='kernel': the collapsed convolution is not exact everywhere — "
-            f"{merged.where}. Pass allow_inexact=True to get it anyway (it agrees with the "
-            "model on that region, Conversion.region), or use mode='affine' (exact for every "
-            "padding mode)")
-    return segments[0], merged
+            f"{merged.where}, and its border cannot be corrected ({exc}). Pass "
+            "allow_inexact=True to get it anyway (it agrees with the model on that region, "
+            "Conversion.region), or use mode='affine' (exact for every padding mode)") from None
 
 
 def _convert_kernel(a: Analysis, requested: str, reason: str, segment: Segment,
@@ -169,6 +192,13 @@ def _convert_kernel(a: Analysis, requested: str, reason: str, segment: Segment,
     report.merged_into, report.exact, report.region = merged.describe(), merged.exact, merged.where
     report.merged, report.macs_after = True, merged.macs
     report.reason = f"mode='kernel'{'' if merged.exact else ' with allow_inexact=True'}"
+    if merged.border_plan is not None:
+        plan = merged.border_plan
+        report.border = dict(interior_positions=plan.interior_positions,
+                             border_positions=plan.border_positions,
+                             interior_macs=plan.interior_macs, border_macs=plan.border_macs,
+                             strips=len(plan.pieces),
+                             interior_box=[list(pair) for pair in plan.interior])
     out = ConversionReport("kernel", requested, a.traced.front_end, reason, [report],
                            a.boundaries(), notes(a), a.total_macs(), merged.macs)
     return Conversion(module, out, a.traced.example_input,
@@ -254,9 +284,10 @@ def _auto(model: Any, a: Analysis, options: dict[str, Any]) -> Conversion:
     if not a.affine_only and len(a.part.segments) == 1 and out_shape is not None:
         try:
             kernel = _kernel_exit(a, allow_inexact=False)
-            macs = kernel[1].macs
-            estimates["kernel"] = (machine.seconds("direct", dtype, macs, 0, 1), macs,
-                                   kernel[1].describe())
+            macs, plan = kernel[1].macs, kernel[1].border_plan
+            seconds = machine.seconds("direct", dtype, macs, 0, 1) if plan is None else \
+                border_corrected_seconds(plan, dtype, calls, machine)
+            estimates["kernel"] = (seconds, macs, kernel[1].describe())
         except (ConversionError, MemoryError) as exc:
             kernel_note = f"; kernel not available: {str(exc).removeprefix('mode=' + repr('kernel') + ': ')[:200]}"
     best = min(estimates, key=lambda k: estimates[k][0])
@@ -276,7 +307,8 @@ def convert(model: nn.Module | torch.export.ExportedProgram, example_input: torc
     """Convert ``model`` (eval mode) for inputs shaped like ``example_input`` (batch free).
 
     ``mode``: ``"auto"``, ``"affine"``, ``"kernel"`` or ``"partial"`` (module docstring);
-    ``allow_inexact``: merge (kernel: return) a collapse that is exact only on a region;
+    ``allow_inexact``: merge (kernel: return, instead of the border-corrected form) a
+    collapse that is exact only on a region;
     ``merge_slower``: merge segments even when the merged form needs more multiply-adds;
     ``progress``: a tqdm bar over the segments; ``measure``: time every segment before and
     after on the example batch (median of 3 runs) for the report.

@@ -5,8 +5,10 @@ The new graph is the traced ATen graph with every merged segment replaced: kept 
 node with their constants (cloned, as parameters and buffers of the new module), and each
 merged exit becomes ordinary torch — ``torch.reshape``/``torch.flatten``, ``F.pad``, an
 ``nn.Conv{n}d`` or ``nn.Linear`` submodule (``call_module``), ``torch.narrow`` crops and a
-bias-map buffer added with ``torch.add`` — in the model's dtype.  The module holds no
-laurentnet object: it runs, pickles and exports with torch alone.
+bias-map buffer added with ``torch.add``, for a border-corrected kernel a traced
+``BorderCorrectedConv`` submodule (:mod:`bridge.border_module`), for a multirate exit a
+traced ``PolyphaseConv`` (:mod:`bridge.polyphase_module`) — in the model's dtype.
+The module holds no laurentnet object: it runs, pickles and exports with torch alone.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from .border_module import border_module
+from .polyphase_module import traced_polyphase
 from .convert_merge import MergedExit
 from .segments import Partition, Segment
 from .trace import TracedModel
@@ -123,6 +127,21 @@ class GraphWriter:
             _load(linear, merged.weight, merged.bias, self.dtype)
             y = self.graph.call_module(self.module(stem, linear), (x,))
             produced: tuple[int, ...] = (merged.weight.shape[0],)
+        elif merged.kind == "polyphase":   # multirate: unshuffle, one conv, shuffle
+            if tuple(source_shape) != tuple(merged.input_shape):
+                x = self.call(torch.reshape, x, (-1, *merged.input_shape))
+            module = traced_polyphase(merged.layout, merged.input_shape[1:], merged.window,
+                                      self.dtype)
+            y = self.graph.call_module(self.module(stem, module), (x,))
+            if merged.bias_map is not None:
+                y = self.call(torch.add, y, self.buffer(f"{stem}_bias_map",
+                                                        merged.bias_map.to(self.dtype)))
+            produced = (merged.layout.out_channels, *merged.window)
+        elif merged.border_plan is not None:   # exact border: kernel inside, layers on strips
+            if tuple(source_shape) != tuple(merged.input_shape):
+                x = self.call(torch.reshape, x, (-1, *merged.input_shape))
+            y = self.graph.call_module(self.module(stem, border_module(merged, self.dtype)), (x,))
+            produced = (merged.weight.shape[0], *merged.border_plan.window)
         else:
             if tuple(source_shape) != tuple(merged.input_shape):
                 x = self.call(torch.reshape, x, (-1, *merged.input_shape))

@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from ..algebra.footprint import OperatorShape, node_shape
-from ..algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, GlobalAvgPool, Input,
-                               Network, Split)
+from ..algebra.network import (AdaptiveAvgPool, Add, AvgPool, ChannelAffine, Concat, Conv,
+                               ConvTranspose, GlobalAvgPool, Input, Network, Split)
 
 __all__ = ["CollapseEstimate", "estimate_collapse"]
 
@@ -76,9 +76,10 @@ def _product_flops(c_out: int, c_mid: int, c_in: int, size: Sequence[int]
 
 def estimate_collapse(network: Network, input_shape: Sequence[int]) -> CollapseEstimate:
     """The estimate for the network's output (module docstring), on the same shape-only
-    walk as the memory guard (:class:`algebra.footprint.OperatorShape`).  Transposed
-    convolutions have no estimate (numeric collapse does not take them): the flops are
-    infinite."""
+    walk as the memory guard (:class:`algebra.footprint.OperatorShape`).  A transposed
+    convolution (up-sampling ``u``) stretches the inner box by ``u`` (``K(z) X(z^u)``), and
+    the merged form reads ``1/prod(U)`` of its box per output (the taps of one output
+    phase: the same for the polyphase export of a multirate segment)."""
     shapes = network.shapes(input_shape)
     ndim = network.ndim
     c0 = shapes["input"][0]
@@ -94,12 +95,13 @@ def estimate_collapse(network: Network, input_shape: Sequence[int]) -> CollapseE
             box[name] = OperatorShape.union([box[p] for p in node.inputs],
                                             stack=isinstance(node, Concat))
             continue
-        if not isinstance(node, (Conv, AvgPool, GlobalAvgPool, Split, ChannelAffine)):
+        if not isinstance(node, (Conv, ConvTranspose, AvgPool, AdaptiveAvgPool, GlobalAvgPool,
+                                 Split, ChannelAffine)):
             return CollapseEstimate(math.inf, math.inf, (), (), 1, 0)
         parent = box[node.inputs[0]]
         local = node_shape(node, shapes[node.inputs[0]])
         outer = tuple((k - 1) * s + 1 for k, s in zip(local.box, parent.stride))
-        size = tuple(a + b - 1 for a, b in zip(outer, parent.box))
+        size = tuple(a + (b - 1) * u for a, b, u in zip(outer, parent.box, local.upsample))
         step_fft, step_matmul = _product_flops(local.rows, local.cols, c0, size)
         fft, matmul = fft + step_fft, matmul + step_matmul
         box[name] = local.compose(parent)
@@ -107,5 +109,6 @@ def estimate_collapse(network: Network, input_shape: Sequence[int]) -> CollapseE
     kernel = tuple(max(h, 0) - l + 1 for l, h in zip(result.low, result.high))
     groups = _groups(result.coupled)
     out = shapes[network.output_name]
-    macs = out[0] * (c0 // groups) * math.prod(kernel) * math.prod(out[1:])
+    macs = out[0] * (c0 // groups) * math.prod(kernel) * math.prod(out[1:]) \
+        // math.prod(result.upsample)
     return CollapseEstimate(fft, matmul, kernel, result.stride, groups, int(macs))

@@ -38,8 +38,10 @@ import torch
 from torch import fx
 
 from ..algebra.network import Conv
+from ..algebra.pooling import adaptive_axis
 from ..numeric import NetworkModule, collapse_numeric
 from ..numeric.kernels import KernelOperator
+from ..numeric.polyphase import PolyphaseOperator, as_polyphase, is_polyphase
 from .convert_estimate import estimate_collapse
 from .linear_ops import LinearOp
 from .segments import NotMergeable, Segment, SegmentNetwork, build_network
@@ -56,7 +58,13 @@ class MergedExit:
     ConvNd(weight, bias, stride, conv_padding, conv_padding_mode, dilation, groups) ->
     crop(crop) -> + bias_map -> reshape(exit_shape)``; ``kind`` ``"linear"``:
     ``source -> flatten -> Linear(weight, bias) -> reshape(exit_shape)``.  Weights are float64;
-    the emitter casts them to the model's dtype."""
+    the emitter casts them to the model's dtype.  With ``border_plan`` (a border-corrected
+    kernel, :func:`bridge.border_module.border_corrected_exit`) the conv runs on the
+    interior only and ``border_network``'s layers on the border strips.  ``kind``
+    ``"polyphase"`` (a multirate segment: no single strided kernel, or an up-sampling):
+    ``source -> reshape(input_shape) -> PolyphaseConv(layout, window) -> + bias_map ->
+    reshape(exit_shape)`` (:mod:`bridge.polyphase_module`: pixel-unshuffle, ``weight`` as
+    one stride-1 conv — ``M`` convolutions, one per output phase — pixel-shuffle)."""
     exit: fx.Node
     kind: str
     weight: torch.Tensor
@@ -77,11 +85,17 @@ class MergedExit:
     where: str = ""
     region: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    border_plan: Any = None       # numeric.BorderPlan: exact border by the original layers
+    border_network: Any = None    # the segment's Network those layers come from
+    layout: Any = None            # kind "polyphase": the algebra.PolyphaseLayout (float64)
+    window: tuple[int, ...] = ()  # kind "polyphase": the output window it computes
 
     def describe(self) -> str:
         """``"Conv2d 64->64 3x3, stride 2, groups 64"`` / ``"Linear 512->10"``."""
         if self.kind == "linear":
             return f"Linear {self.weight.shape[1]}->{self.weight.shape[0]}"
+        if self.kind == "polyphase":
+            return _describe_polyphase(self)
         ndim = self.weight.ndim - 2
         c_out, c_in = self.weight.shape[0], self.weight.shape[1] * self.groups
         parts = [f"Conv{ndim}d {c_in}->{c_out} {'x'.join(map(str, self.weight.shape[2:]))}"]
@@ -95,7 +109,23 @@ class MergedExit:
             parts.append("circular")
         if self.bias_map is not None:
             parts.append("+ per-position bias map")
+        if self.border_plan is not None and self.border_plan.interior_positions:
+            parts.append(f"on the interior + the original layers on "
+                         f"{len(self.border_plan.pieces)} border strips")
+        elif self.border_plan is not None:
+            return "the original layers on the whole input (cheaper than kernel + strips)"
         return ", ".join(parts)
+
+
+def _describe_polyphase(merged: MergedExit) -> str:
+    """``"polyphase, 4 phases: pixel-unshuffle (2, 2), Conv2d 12->12 2x2, pixel-shuffle
+    (2, 2)"``."""
+    layout, w = merged.layout, merged.weight
+    kernel = "x".join(map(str, w.shape[2:]))
+    text = (f"polyphase, {math.prod(layout.out_factors)} phases: pixel-unshuffle "
+            f"{tuple(layout.in_factors)}, Conv{w.ndim - 2}d {w.shape[1]}->{w.shape[0]} "
+            f"{kernel}, pixel-shuffle {tuple(layout.out_factors)}")
+    return text + (", + per-position bias map" if merged.bias_map is not None else "")
 
 
 # ------------------------------------------------------------------------------ costs
@@ -125,6 +155,10 @@ def node_macs(node: fx.Node, op: LinearOp, traced: TracedModel) -> int:
         return int(numel * math.prod(p["kernel"]))
     if op.kind == "global_avg_pool":
         return int(math.prod(traced.shape(op.operands[0])))
+    if op.kind == "adaptive_avg_pool":   # every window's reads: separable, so a product
+        shape = traced.shape(op.operands[0])
+        axes = [adaptive_axis(n, o) for n, o in zip(shape[1:], p["output_size"])]
+        return int(shape[0] * math.prod(sum(ax.count) for ax in axes))
     return 0
 
 
@@ -289,8 +323,11 @@ def merge_exits(segment: Segment, traced: TracedModel, ops: dict[fx.Node, Any], 
             result = collapse_numeric(sn.network, sn.input_shape)
         except (ValueError, TypeError) as exc:
             raise NotMergeable(f"no single convolution: {exc}") from None
-        op: KernelOperator = result.operator
+        op: KernelOperator | PolyphaseOperator = result.operator
         out = tuple(result.output_shape[1:])
+        if result.periodic and _multirate(op):
+            raise NotMergeable(f"exit {node.name}: a multirate operator ({_rate_text(op)}) on "
+                               "periodic inputs has no circular export")
         exact, where, bias_map = True, result.where(), None
         if not result.periodic and not result.exact_everywhere:
             if linear_part is None:
@@ -301,7 +338,7 @@ def merge_exits(segment: Segment, traced: TracedModel, ops: dict[fx.Node, Any], 
                 response = _zero_response(sn)
                 flat = response.reshape(response.shape[0], -1)
                 if bool((flat == flat[:, :1]).all()):
-                    op = op.with_bias(flat[:, 0].clone())
+                    op = _with_bias(op, flat[:, 0].clone())
                     where = "exact at every output position (a uniform bias)"
                 else:
                     bias_map = response
@@ -317,14 +354,55 @@ def merge_exits(segment: Segment, traced: TracedModel, ops: dict[fx.Node, Any], 
     return merged
 
 
-def _emission(node: fx.Node, op: KernelOperator, sn: SegmentNetwork, out: tuple[int, ...],
+def _multirate(op: Any) -> bool:
+    """True for a polyphase operator or one with an up-sampling (zero insertion): no
+    single ``nn.ConvNd`` computes it, the polyphase export does."""
+    return is_polyphase(op) or any(u > 1 for u in op.upsample)
+
+
+def _rate_text(op: Any) -> str:
+    if is_polyphase(op):
+        return f"polyphase, {op.phases} phases"
+    return f"stride {op.stride}, up-sampling {op.upsample}"
+
+
+def _with_bias(op: Any, bias: torch.Tensor) -> Any:
+    """``op`` with the per-channel bias ``bias`` (for a polyphase operator: the same bias
+    in every output phase, block rows ``o M + t``)."""
+    if not is_polyphase(op):
+        return op.with_bias(bias)
+    block = op.block.with_bias(bias.repeat_interleave(op.phases))
+    return PolyphaseOperator(block, op.in_period, op.out_period)
+
+
+def _polyphase_emission(op: PolyphaseOperator, out: tuple[int, ...],
+                        bias_map: torch.Tensor | None, common: dict[str, Any]) -> MergedExit:
+    """A multirate exit as one :class:`~bridge.polyphase_module.PolyphaseConv`: the operator
+    (at its least periods ``P``, ``Q``), its block as one stride-1 conv on the
+    ``ceil(out / Q)`` grid (``C_out M x C_in N x k`` multiply-adds per block position)."""
+    layout = op.to_weights()
+    weight = layout.conv.weight
+    grid = math.prod(-(-o // q) for o, q in zip(out, op.out_period))
+    macs = int(weight.numel() * grid) + (0 if bias_map is None else int(bias_map.numel()))
+    bias = layout.conv.bias.clone() if layout.conv.bias is not None else None
+    return MergedExit(kind="polyphase", weight=weight, bias=bias, layout=layout, window=out,
+                      bias_map=bias_map, macs=macs, **common)
+
+
+def _emission(node: fx.Node, op: Any, sn: SegmentNetwork, out: tuple[int, ...],
               periodic: bool, bias_map: torch.Tensor | None, exact: bool, where: str,
               region: np.ndarray | None, traced: TracedModel) -> MergedExit:
     sizes = tuple(sn.input_shape[1:])
     exit_shape = traced.shape(node)
-    bias = op.bias.clone() if op.has_bias else None
     common = dict(exit=node, exit_shape=exit_shape, input_shape=sn.input_shape, exact=exact,
                   where=where, region=region)
+    if _multirate(op):   # one stride-1 kernel when the rates cancel (down_s K up_s), else phases
+        poly = as_polyphase(op).minimal()
+        single = poly.to_conv()
+        if single is None or any(u > 1 for u in single.upsample):
+            return _polyphase_emission(poly, out, bias_map, common)
+        op = single
+    bias = op.bias.clone() if op.has_bias else None
     geometry = _conv_geometry(op, sizes, out, periodic)
     weight = geometry.pop("weight")
     groups = _groups(weight)

@@ -19,7 +19,11 @@ class SegmentReport:
     ``merged_into``: the emitted form per exit (``"Conv2d 64->64 3x3"``), '' when there is
     none; ``exact``/``region``: whether the merged form equals the layers everywhere, in
     words; ``merged``/``reason``: the decision; ``macs_*``: multiply-adds per sample;
-    ``seconds_*``: median measured time on the example batch (None: not measured)."""
+    ``seconds_*``: median measured time on the example batch (None: not measured);
+    ``border``: for a border-corrected kernel the interior/border split — output positions
+    (``interior_positions``, ``border_positions``, per output channel), multiply-adds per
+    sample (``interior_macs`` of the kernel, ``border_macs`` of the layers on the strips),
+    ``strips`` and ``interior_box`` (``[lo, hi)`` per output axis)."""
     name: str
     source: str
     nodes: list[str]
@@ -33,6 +37,7 @@ class SegmentReport:
     macs_after: int | None
     seconds_before: float | None = None
     seconds_after: float | None = None
+    border: dict[str, Any] | None = None
 
 
 @dataclass
@@ -86,6 +91,12 @@ class ConversionReport:
                              + ("..." if len(ops) > 160 else ""))
                 if s.merged:
                     lines.append(f"{'':<12} {s.region}; {s.reason}")
+                if s.merged and s.border:
+                    b = s.border
+                    lines.append(f"{'':<12} border-corrected: interior {b['interior_positions']:,}"
+                                 f" positions {b['interior_macs']:,} MACs (kernel), border "
+                                 f"{b['border_positions']:,} positions {b['border_macs']:,} MACs "
+                                 f"({b['strips']} strips of the original layers)")
         if self.boundaries:
             lines += ["", "kept ops (boundaries):"]
             width = max(len(b.name) for b in self.boundaries)

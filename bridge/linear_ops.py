@@ -13,6 +13,8 @@ This module translates the layers with weights (shape and channel ops are in
 
 * convolutions ``conv{1,2,3}d`` (int or ``'same'``/``'valid'`` padding), ``convolution``,
   ``conv_transpose{1,2,3}d``, with a constant weight and bias: :func:`conv_layer`;
+* nearest up-sampling by integer factors as a depthwise transposed convolution:
+  :func:`upsample_nearest_layer`;
 * padding ``pad`` / ``constant_pad_nd`` (value 0) / ``reflection_pad`` / ``replication_pad`` /
   ``_pad_circular`` of the spatial axes as ``(left, right)`` per axis and a mode (the
   converter folds it into the next conv when it can): :func:`pad_layer`;
@@ -42,8 +44,8 @@ __all__ = ["LinearOp", "Boundary", "Classified", "NotLinear", "Operands", "LINEA
            "matrix_layer", "SLICE_TO_END", "PAD_MODES"]
 
 LINEAR_KINDS = ("conv", "conv_transpose", "pad", "batch_norm", "scale_shift", "add", "concat",
-                "slice", "avg_pool", "global_avg_pool", "flatten", "linear", "identity",
-                "tuple")
+                "slice", "avg_pool", "adaptive_avg_pool", "global_avg_pool", "flatten", "linear",
+                "identity", "tuple")
 
 SLICE_TO_END = 2 ** 62  # slice ends at or above this mean "to the end"
 
@@ -192,6 +194,29 @@ def conv_layer(r: Operands, a: dict[str, Any], transposed: bool | None) -> Linea
         raise NotLinear("output_padding on a non-transposed convolution")
     return LinearOp("conv", (x,), dict(weight=weight, bias=bias, stride=stride, padding=pairs,
                                        dilation=dilation, groups=groups, mode="zeros"))
+
+
+def upsample_nearest_layer(r: Operands, a: dict[str, Any], ndim: int) -> LinearOp:
+    """``upsample_nearest{1,2,3}d`` by integer factors ``f`` (output ``f n``):
+    ``y[i] = x[floor(i / f)]``, the depthwise transposed convolution with stride ``f`` and
+    an all-ones ``f``-tap kernel (zero insertion, then each value repeated ``f`` times)."""
+    x = r.linear(a.get("input", a.get("self")), (ndim + 1,))
+    before, after = r.traced.shape(x), r.traced.shape(r.node)
+    if any(o % n for n, o in zip(before[1:], after[1:])):
+        raise NotLinear(f"upsample_nearest{ndim}d to a size that is not a multiple of the input "
+                        f"({before} -> {after}): affine, but not a convolution", affine=True)
+    factors = tuple(o // n for n, o in zip(before[1:], after[1:]))
+    scales = a.get("scale_factors")
+    if scales is None:
+        scales = [a.get(k) for k in ("scales", "scales_d", "scales_h", "scales_w") if k in a]
+    if any(v is not None and float(v) != f for v, f in zip(scales or (), factors)):
+        raise NotLinear(f"upsample_nearest{ndim}d by the non-integer scales {list(scales)}: "
+                        "affine, but not a convolution", affine=True)
+    channels = before[0]
+    weight = torch.ones(channels, 1, *factors, dtype=torch.float64)
+    return LinearOp("conv_transpose", (x,), dict(
+        weight=weight, bias=None, stride=factors, padding=(0,) * ndim,
+        output_padding=(0,) * ndim, dilation=(1,) * ndim, groups=channels))
 
 
 PAD_MODES = {"constant": "zeros", "reflect": "reflect", "replicate": "replicate",

@@ -363,7 +363,10 @@ def _add_layer(net: Network, node: fx.Node, op: LinearOp, values: dict[fx.Node, 
         return net.channels_slice(x, p["start"], p["stop"], name=name)
     if op.kind == "avg_pool":
         return net.avg_pool(x, p["kernel"], p["stride"], p["padding"], p["count_include_pad"],
-                            name=name)
+                            name=name, ceil_mode=p.get("ceil_mode", False),
+                            divisor_override=p.get("divisor_override"))
+    if op.kind == "adaptive_avg_pool":
+        return net.adaptive_avg_pool(x, p["output_size"], name=name)
     if op.kind == "global_avg_pool":
         pooled = net.global_avg_pool(x, name=name if p["factor"] == 1 else None)
         if p["factor"] == 1:

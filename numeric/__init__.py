@@ -2,7 +2,8 @@
 from .memory import (InvalidBudgetError, MemoryBudgetError, check_budget, estimate_bytes,
                      memory_budget, memory_limit)
 from ..algebra.errors import InvalidInputError, InvalidTypeError, LaurentnetError
-from .affine import AffineMap, AffineModule, NotAffineError, check_affine, extract_affine
+from .affine import (AffineMap, AffineModule, NotAffineError, affine_product, check_affine,
+                     extract_affine)
 from .kernels import KernelOperator, block_diag, vstack
 from .polymatmul import polymatmul
 from .spectrum import (LipschitzBound, fft_multiplier, implicit_solve, lipschitz_bound,
@@ -15,7 +16,7 @@ from .network_collapse import NumericCollapse, affine_numeric, collapse_numeric
 __all__ = [
     "MemoryBudgetError", "InvalidBudgetError", "check_budget", "estimate_bytes", "memory_budget",
     "memory_limit",
-    "AffineMap", "AffineModule", "NotAffineError", "check_affine", "extract_affine",
+    "AffineMap", "AffineModule", "NotAffineError", "affine_product", "check_affine", "extract_affine",
     "KernelOperator", "block_diag", "polymatmul", "vstack",
     "LipschitzBound", "fft_multiplier", "implicit_solve", "lipschitz_bound", "operator_norm",
     "singular_values", "symbol",
@@ -32,3 +33,12 @@ from .structured import (BlockCirculant, ChannelDFT, Coupling, Dense, Depthwise,
 
 __all__ += ["Coupling", "Dense", "Depthwise", "Pointwise", "Grouped", "Lean", "BlockCirculant",
             "STRUCTURES", "ChannelDFT", "channel_dft", "from_algebra"]
+from .border import BorderPiece, BorderPlan, border_plan, interior_box, layer_macs, strip_box
+from .cost import border_corrected_seconds
+
+__all__ += ["BorderPiece", "BorderPlan", "border_plan", "interior_box", "layer_macs",
+            "strip_box", "border_corrected_seconds"]
+from .polyphase import PolyphaseOperator, as_polyphase, polyphase_vstack
+from .evaluator import zero_insert
+
+__all__ += ["PolyphaseOperator", "as_polyphase", "polyphase_vstack", "zero_insert"]

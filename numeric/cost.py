@@ -20,16 +20,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import log2, prod
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from scipy.fft import next_fast_len
 
 from ..algebra.errors import InvalidInputError, InvalidTypeError, UnknownNameError
 from ..algebra.validate import int_arg, sequence_arg
 from .kernels import KernelOperator
+
+if TYPE_CHECKING:
+    from .border import BorderPlan
 from .memory import format_bytes, resolve_budget
 
-__all__ = ["Machine", "MethodCost", "CostReport", "estimate_costs", "fft_grid", "METHODS"]
+__all__ = ["Machine", "MethodCost", "CostReport", "estimate_costs", "fft_grid", "METHODS",
+           "border_corrected_seconds"]
 
 METHODS = ("direct", "fft", "gemm", "layers")
 
@@ -255,3 +259,16 @@ def estimate_costs(op: KernelOperator, input_size: Sequence[int], *, padding: st
         costs.append(_layers(layers, batch, sizes, padding, machine))
     chosen = min((c for c in costs if c.feasible), key=lambda c: c.seconds)
     return CostReport(size, padding, tuple(costs), chosen.method, _reason(costs, chosen))
+
+
+def border_corrected_seconds(plan: "BorderPlan", dtype: str, layer_calls: int,
+                             machine: Machine | None = None) -> float:
+    """Estimated time of a border-corrected kernel (:mod:`numeric.border`): the kernel as
+    one direct convolution on the interior, plus the ``layer_calls`` layers run on each of
+    the plan's strips at the layers' rate, plus one call per crop and concatenation."""
+    machine = machine or Machine()
+    inner = machine.seconds("direct", dtype, plan.interior_macs, 0,
+                            1 if plan.interior_positions else 0)
+    strips = len(plan.pieces)
+    border = machine.seconds("layers", dtype, plan.border_macs, 0, layer_calls * strips)
+    return inner + border + (2 * strips + len(plan.window)) * machine.call_seconds

@@ -7,6 +7,11 @@ All methods compute the same window (:meth:`KernelOperator.output_shape`):
   input, ``0 <= i < out`` — exactly ``F.conv{n}d`` with :meth:`KernelOperator.to_weight`;
 * ``padding='circular'``: ``y[i] = b + sum_e c_e x[(s i - e) mod n]``, ``out = n / s``.
 
+An up-sampling operator ``down_s K up_u`` is the stride-only operator ``down_s K`` on the
+zero-inserted input ``up_u x`` (:func:`zero_insert`, size ``(n - 1) u + 1``); with stride 1,
+:func:`conv_window` runs it as one ``F.conv_transpose{n}d`` instead (the same sum, without
+multiplying the inserted zeros).  Circular padding of an up-sampling operator is refused.
+
 ``OperatorEvaluator`` picks the method from :func:`numeric.cost.estimate_costs` unless told.
 The original layers agree with the collapsed operator for circular padding (strides dividing
 the sizes) and for chains of 'valid' layers; with zero 'same' padding the layers crop at
@@ -23,14 +28,36 @@ from torch import nn
 
 from ..algebra.errors import InvalidInputError, InvalidTypeError
 from ..algebra.validate import instance_arg, shape_arg
-from .affine import extract_affine
+from .affine import affine_product, extract_affine
 from .cost import METHODS, CostReport, Machine, estimate_costs, fft_grid
 from .inputs import as_real_tensor
-from .functional import conv_nd
+from .functional import conv_nd, conv_transpose_nd
 from .kernels import KernelOperator
 from .spectrum import fold_periodic
 
-__all__ = ["conv_window", "OperatorEvaluator", "DirectConv", "conv_direct", "conv_fft", "dense_matrix"]
+__all__ = ["conv_window", "OperatorEvaluator", "DirectConv", "conv_direct", "conv_fft", "dense_matrix",
+           "zero_insert"]
+
+
+def zero_insert(x: torch.Tensor, upsample: Sequence[int]) -> torch.Tensor:
+    """``up_u x``: ``y[u i] = x[i]`` and zeros between, size ``(n - 1) u + 1`` per spatial
+    axis (the last ``len(upsample)`` axes of ``x``)."""
+    if all(u == 1 for u in upsample):
+        return x
+    lead = x.ndim - len(upsample)
+    sizes = tuple((n - 1) * u + 1 for n, u in zip(x.shape[lead:], upsample))
+    y = x.new_zeros((*x.shape[:lead], *sizes))
+    y[(*(slice(None),) * lead, *(slice(None, None, u) for u in upsample))] = x
+    return y
+
+
+def _strided(op: KernelOperator) -> KernelOperator:
+    """``down_s K + b`` without the up-sampling (it acts on the zero-inserted input)."""
+    return KernelOperator(op.coeffs, op.low, op.stride, op.bias) if op.upsampled else op
+
+
+def _upsampled_sizes(op: KernelOperator, sizes: Sequence[int]) -> tuple[int, ...]:
+    return tuple((n - 1) * u + 1 for n, u in zip(sizes, op.upsample))
 
 
 
@@ -42,10 +69,10 @@ def _as_input(op: KernelOperator, x: object, sizes: Sequence[int] | None = None)
     x = as_real_tensor(x, "the input")
     if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64):
         x = x.to(op.dtype)
-    spatial = ", ".join(map(str, sizes)) if sizes is not None else ", ".join(["n"] * op.ndim)
-    expected = f"(batch, {op.in_channels}, {spatial})"
     if x.ndim != op.ndim + 2 or x.shape[1] != op.in_channels \
             or (sizes is not None and tuple(x.shape[2:]) != tuple(sizes)):
+        spatial = ", ".join(map(str, sizes)) if sizes is not None else ", ".join(["n"] * op.ndim)
+        expected = f"(batch, {op.in_channels}, {spatial})"  # built only on the error path
         raise InvalidInputError(f"input of shape {tuple(x.shape)}: this {op.ndim}-D operator takes "
                                 f"{op.in_channels} channels, expected {expected}"
                                 + (" (add the batch axis with x.unsqueeze(0))"
@@ -73,7 +100,8 @@ def _circular_pad(x: torch.Tensor, before: Sequence[int], after: Sequence[int]) 
 class DirectConv(nn.Module):
     """``op`` as one ``conv{n}d`` with its torch weight kept as buffers.  Circular padding:
     the kernel folded modulo ``n`` and the input wrapped by ``p = high`` before and
-    ``k - 1 - p`` after, so ``out = n / s``."""
+    ``k - 1 - p`` after, so ``out = n / s``.  An up-sampling operator zero-inserts the
+    input first (:func:`zero_insert`)."""
 
     def __init__(self, op: KernelOperator, sizes: Sequence[int], padding: str = "zeros"):
         super().__init__()
@@ -83,7 +111,7 @@ class DirectConv(nn.Module):
             raise InvalidInputError(f"padding must be 'zeros' or 'circular', got {padding!r}")
         sizes = shape_arg(sizes, "sizes", length=op.ndim, example="(28, 28)")
         op.output_shape(sizes, padding)  # checks the window (and circular divisibility)
-        w = (op.mod_circular(sizes) if padding == "circular" else op).to_weight()
+        w = (op.mod_circular(sizes) if padding == "circular" else _strided(op)).to_weight()
         self.register_buffer("weight", w.weight)
         self.register_buffer("bias", w.bias)
         self.stride, self.padding, self.circular = w.stride, w.padding, padding == "circular"
@@ -94,6 +122,7 @@ class DirectConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # circular: the folded kernel is only right for the size it was built for
         x = _as_input(self.op, x, self.sizes if self.circular else None)
+        x = zero_insert(x, self.op.upsample)
         weight = self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if self.circular:
@@ -111,11 +140,17 @@ def conv_direct(op: KernelOperator, x: torch.Tensor, padding: str = "zeros") -> 
 def conv_window(op: KernelOperator, x: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
     """``y[i] = b + sum_e K[e] x[s i - e]`` for ``0 <= i < out_size`` with ``x`` zero outside
     its window: the zero-extended semantics of :func:`algebra.collapse`, on any output window
-    (one padded ``conv{n}d``; ``to_weight`` gives ``y[i] = sum_a w[a] x[s i + a - p]``)."""
+    (one padded ``conv{n}d``; ``to_weight`` gives ``y[i] = sum_a w[a] x[s i + a - p]``).
+    With up-sampling ``u``, ``x`` is replaced by ``up_u x`` (:func:`zero_insert`); with
+    stride 1 that is one ``conv_transpose{n}d`` (:func:`_transposed_window`)."""
     x = _as_input(op, x)
     out_size = shape_arg(out_size, "out_size", example="(28, 28)")
     if len(out_size) != op.ndim or min(out_size) < 1:
         raise InvalidInputError(f"out_size must be {op.ndim} positive sizes, got {out_size}")
+    if op.upsampled:
+        if all(s == 1 for s in op.stride):
+            return _transposed_window(op, x, out_size)
+        op, x = _strided(op), zero_insert(x, op.upsample)
     w = op.to_weight()
     pads: list[int] = []
     for n, s, L, p, k in reversed(list(zip(x.shape[2:], w.stride, out_size, w.padding,
@@ -123,6 +158,24 @@ def conv_window(op: KernelOperator, x: torch.Tensor, out_size: Sequence[int]) ->
         pads += [p, max(0, s * (L - 1) - p + k - n)]
     bias = None if w.bias is None else w.bias.to(x.dtype)
     y = conv_nd(op.ndim)(F.pad(x, pads), w.weight.to(x.dtype), bias, stride=w.stride)
+    return y[(slice(None), slice(None), *(slice(0, L) for L in out_size))]
+
+
+def _transposed_window(op: KernelOperator, x: torch.Tensor, out_size: Sequence[int]
+                       ) -> torch.Tensor:
+    """``K ∘ up_u + b`` on ``0 <= j < out_size`` by ``F.conv_transpose{n}d`` with
+    :meth:`KernelOperator.to_weight`: ``y[j] = b + sum_{u i + a - p = j} w[c, o, a] x[i]``
+    on torch's window of ``M = (n - 1) u - 2p + k`` positions, lengthened (zeros appended
+    to ``x``, ``ceil((L - M) / u)`` of them) when ``out_size`` asks for more, then cut."""
+    w = op.to_weight()
+    pads: list[int] = []
+    for n, u, p, k, L in reversed(list(zip(x.shape[2:], w.stride, w.padding, w.weight.shape[2:],
+                                           out_size))):
+        m = (n - 1) * u - 2 * p + k
+        pads += [0, max(0, -(-(L - m) // u))]
+    bias = None if w.bias is None else w.bias.to(x.dtype)
+    y = conv_transpose_nd(op.ndim)(F.pad(x, pads) if any(pads) else x, w.weight.to(x.dtype), bias,
+                                   stride=w.stride, padding=w.padding)
     return y[(slice(None), slice(None), *(slice(0, L) for L in out_size))]
 
 
@@ -167,6 +220,9 @@ def conv_fft(op: KernelOperator, x: torch.Tensor, padding: str = "zeros") -> tor
     if padding not in ("zeros", "circular"):
         raise InvalidInputError(f"padding must be 'zeros' or 'circular', got {padding!r}")
     x = _as_input(op, x)
+    if op.upsampled:
+        op.output_shape(tuple(x.shape[2:]), padding)  # refuses circular up-sampling
+        op, x = _strided(op), zero_insert(x, op.upsample)
     return _fft_apply(op, _kernel_spectrum(op.to(x.dtype), tuple(x.shape[2:]), padding), x, padding)
 
 
@@ -202,7 +258,9 @@ class OperatorEvaluator(nn.Module):
     """Evaluates ``op`` on inputs of one size ``(batch, C_in, *n)`` by ``method`` —
     ``'direct'``, ``'fft'``, ``'gemm'`` or ``'layers'`` (needs ``layers``) — or, by default,
     the cheapest by the cost model (:attr:`report`).  Built in the operator's dtype; the batch
-    may vary, the spatial size may not."""
+    may vary, the spatial size may not.  An up-sampling operator is evaluated (and costed) as
+    its stride-only operator on the zero-inserted input (:func:`zero_insert`); ``layers``
+    are then refused."""
 
     def __init__(self, op: KernelOperator, input_size: Sequence[int], *, padding: str = "zeros",
                  method: str | None = None, layers: Sequence[KernelOperator] | None = None,
@@ -210,6 +268,15 @@ class OperatorEvaluator(nn.Module):
         super().__init__()
         if not isinstance(op, KernelOperator):
             raise InvalidTypeError(f"expected a KernelOperator, got {type(op).__name__}")
+        self.source, self.upsample = op, op.upsample
+        if op.upsampled:
+            if layers:
+                raise InvalidInputError("layers are not supported for an up-sampling operator")
+            input_size = shape_arg(input_size, "input_size", length=op.ndim + 2,
+                                   example="(1, 3, 28, 28)")
+            op.output_shape(input_size[2:], padding)  # refuses circular up-sampling
+            input_size = (*input_size[:2], *_upsampled_sizes(op, input_size[2:]))
+            op = _strided(op)
         self.op = op
         self.padding = padding
         self.report: CostReport = estimate_costs(op, input_size, padding=padding, layers=layers,
@@ -238,6 +305,14 @@ class OperatorEvaluator(nn.Module):
             self.register_buffer("bias", op.bias.repeat_interleave(prod(self.output_shape)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.source.upsampled:
+            sizes = tuple((n - 1) // u + 1 for n, u in zip(self.sizes, self.upsample))
+            try:
+                x = zero_insert(_as_input(self.source, x, sizes), self.upsample)
+            except InvalidInputError:
+                raise InvalidInputError(f"this evaluator was built for inputs (batch, "
+                                        f"{self.op.in_channels}, {', '.join(map(str, sizes))}), "
+                                        f"got {tuple(getattr(x, 'shape', ()))}") from None
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != (self.op.in_channels, *self.sizes):
             try:
                 x = _as_input(self.op, x, self.sizes)
@@ -250,10 +325,11 @@ class OperatorEvaluator(nn.Module):
         if self.method == "fft":
             return _fft_apply(self.op, self.spectrum, x, self.padding)
         if self.method == "gemm":
-            y = F.linear(x.flatten(1), self.matrix.to(x.dtype), self.bias.to(x.dtype))
+            y = affine_product(x.flatten(1), self.matrix.to(x.dtype), self.bias.to(x.dtype))
             return y.reshape(x.shape[0], self.op.out_channels, *self.output_shape)
         return self.convs(x)
 
     def extra_repr(self) -> str:
-        return (f"{self.op!r}, input (*, {self.op.in_channels}, {self.sizes}), "
+        sizes = tuple((n - 1) // u + 1 for n, u in zip(self.sizes, self.upsample))
+        return (f"{self.source!r}, input (*, {self.op.in_channels}, {sizes}), "
                 f"padding={self.padding!r}, method={self.method!r}")

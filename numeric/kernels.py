@@ -1,7 +1,7 @@
 """Convolution operators as dense coefficient arrays: the algebra at 64–512 channels.
 
-A :class:`KernelOperator` is ``down_s ∘ K(z) + b`` (``docs/conventions.md``) with the Laurent matrix
-``K`` stored densely:
+A :class:`KernelOperator` is ``down_s ∘ K(z) ∘ up_u + b`` (``docs/conventions.md``) with the
+Laurent matrix ``K`` stored densely:
 
     coeffs[o, c, j1, ..., jd] = coefficient of z^(low + j) in K_{o,c}(z)
 
@@ -10,12 +10,20 @@ i.e. **ascending exponent order** along every spatial axis, starting at the expo
 coefficient of ``z^(p - d*a)``, so ``coeffs = flip(w)`` and ``low = p - d*(k - 1)``
 (zeros inserted for dilation ``d``).  The arithmetic (each one a tested identity):
 
-* composition ``A2 @ A1`` (A1 first): ``K = K2(z^{s1}) K1(z)``, ``s = s1 s2``,
-  ``b = K2(1) b1 + b2`` — a product of polynomial matrices, computed as one batched
-  matrix product per frequency of a real FFT (or one ``conv{n}d`` call);
-* ``A1 + A2``: supports aligned, kernels and biases added; ``c * A`` scales both;
-* dilation ``K(z^d)``; adjoint ``K(1/z)^T`` (stride 1); ``block_diag`` (groups),
-  :func:`vstack` (channel concatenation), ``op[rows]`` (channel split).
+* composition ``A2 @ A1`` (A1 first) by the noble identities: ``K = K2(z^{s1}) K1(z^{u2})``,
+  ``s = s1 s2``, ``u = u1 u2``, ``b = K2(1) b1 + b2`` (valid when ``gcd(u2, s1) = 1`` per
+  axis and no bias precedes an up-sampling) — a product of polynomial matrices, computed
+  as one batched matrix product per frequency of a real FFT (or one ``conv{n}d`` call);
+* ``A1 + A2`` (same stride and up-sampling): supports aligned, kernels and biases added;
+  ``c * A`` scales both;
+* dilation ``K(z^d)``; adjoint ``K(1/z)^T`` with stride and up-sampling swapped;
+  ``block_diag`` (groups), :func:`vstack` (channel concatenation), ``op[rows]`` (channel
+  split).
+
+A transposed convolution ``conv_transpose{n}d(x, w, stride=u, padding=p, dilation=d)`` is
+``K ∘ up_u`` with ``K_{o,c}(z) = sum_a w[c, o, a] z^(d*a - p)``: ``coeffs = w`` (channels
+swapped, not reversed), ``low = -p`` (:meth:`KernelOperator.from_weight` with
+``transposed=True``).
 
 Coefficients are ``torch.float64`` unless ``dtype=torch.float32`` is asked for.
 """
@@ -36,6 +44,7 @@ from ..algebra.channels import channel_index
 from ..algebra.layout import default_ring, same_padding
 from ..algebra.laurent import per_axis
 from ..algebra.memory import EXACT_TERM_BYTES, check_budget, estimate_bytes
+from ..algebra.operator import MultirateError, check_composable
 from .inputs import (FLOAT_DTYPES, as_float_tensor, check_finite_tensor, check_float_dtype,
                      int_tuple, positive_ints, rounded_tensor)
 from .polymatmul import inflate, polymatmul, spatial_axes
@@ -47,16 +56,17 @@ __all__ = ["KernelOperator", "block_diag", "vstack"]
 
 
 class KernelOperator:
-    """``down_s ∘ K(z) + b`` with ``K`` dense: ``coeffs[o, c, j]`` is the coefficient of
-    ``z^(low + j)`` (ascending exponents per axis), ``stride`` per axis, ``bias`` of
-    length ``C_out``.  Immutable: operations return new operators (the tensors are owned;
-    do not modify them in place)."""
+    """``down_s ∘ K(z) ∘ up_u + b`` with ``K`` dense: ``coeffs[o, c, j]`` is the coefficient
+    of ``z^(low + j)`` (ascending exponents per axis), ``stride`` ``s`` and ``upsample``
+    ``u`` per axis (zero insertion: ``Y(z) = down_s(K(z) X(z^u)) + b``), ``bias`` of length
+    ``C_out``.  Immutable: operations return new operators (the tensors are owned; do not
+    modify them in place)."""
 
-    __slots__ = ("coeffs", "low", "stride", "bias")
+    __slots__ = ("coeffs", "low", "stride", "bias", "upsample")
 
     def __init__(self, coeffs: Any, low: int | Sequence[int] = 0,
-                 stride: int | Sequence[int] = 1, bias: Any = None, *,
-                 dtype: torch.dtype | None = None):
+                 stride: int | Sequence[int] = 1, bias: Any = None,
+                 upsample: int | Sequence[int] = 1, *, dtype: torch.dtype | None = None):
         if dtype is not None:
             check_float_dtype(dtype)
         if not isinstance(coeffs, torch.Tensor):
@@ -76,6 +86,7 @@ class KernelOperator:
             raise InvalidInputError(f"empty coefficient tensor of shape {tuple(coeffs.shape)}")
         ndim = coeffs.ndim - 2
         stride = positive_ints(stride, ndim, "stride")
+        upsample = positive_ints(upsample, ndim, "upsample")
         check_finite_tensor(coeffs, "coeffs")
         if bias is None:
             bias = coeffs.new_zeros(coeffs.shape[0])
@@ -86,24 +97,50 @@ class KernelOperator:
                 raise InvalidInputError(f"bias must have shape ({coeffs.shape[0]},), got {tuple(bias.shape)}")
             check_finite_tensor(bias, "bias")
         for name, value in (("coeffs", coeffs.detach()), ("low", int_tuple(low, ndim, "low")),
-                            ("stride", stride), ("bias", bias.detach())):
+                            ("stride", stride), ("bias", bias.detach()), ("upsample", upsample)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("KernelOperator is immutable")
 
+    @classmethod
+    def _trusted(cls, coeffs: torch.Tensor, low: tuple[int, ...], stride: tuple[int, ...],
+                 bias: torch.Tensor, upsample: tuple[int, ...]) -> "KernelOperator":
+        """An operator the package itself computed (e.g. a product of validated operators):
+        shapes, dtypes and the per-axis tuples are right by construction, so only
+        finiteness is checked, and cheaply — ``sum(coeffs)`` is finite when every
+        coefficient is (a product can overflow); only a non-finite sum pays the full scan
+        (which then names the entry, or passes when the sum itself overflowed)."""
+        if not bool(torch.isfinite(coeffs.sum())):
+            check_finite_tensor(coeffs, "coeffs")
+        if not bool(torch.isfinite(bias.sum())):
+            check_finite_tensor(bias, "bias")
+        op = cls.__new__(cls)
+        for name, value in (("coeffs", coeffs), ("low", low), ("stride", stride),
+                            ("bias", bias), ("upsample", upsample)):
+            object.__setattr__(op, name, value)
+        return op
+
     # -- constructors ---------------------------------------------------------------------
     @classmethod
     def from_weight(cls, weight: Any, bias: Any = None, *, stride: int | Sequence[int] = 1,
                     padding: int | Sequence[int] | str = 0, dilation: int | Sequence[int] = 1,
-                    groups: int = 1, dtype: torch.dtype = torch.float64) -> "KernelOperator":
+                    groups: int = 1, transposed: bool = False,
+                    dtype: torch.dtype = torch.float64) -> "KernelOperator":
         """The operator of ``F.conv{n}d(x, weight, bias, stride, padding, dilation, groups)``:
-        ``K_{o,c}(z) = sum_a w[o, c - g(o), a] z^(p - d*a)``, block diagonal over groups (the
-        twin of :meth:`algebra.ConvOperator.from_weight`; transposed convolutions, which are
-        up-sampling operators, exist only on the exact side)."""
+        ``down_s ∘ K`` with ``K_{o,c}(z) = sum_a w[o, c - g(o), a] z^(p - d*a)``, block
+        diagonal over groups; with ``transposed=True`` the operator of
+        ``F.conv_transpose{n}d(x, weight, bias, stride, padding, output_padding, groups,
+        dilation)`` (weight ``(C_in, C_out/groups, *k)``): ``K ∘ up_s`` with
+        ``K_{o,c}(z) = sum_a w[c, o - g(c), a] z^(d*a - p)``.  ``output_padding`` only
+        lengthens torch's output window, it is not part of the operator.  The twin of
+        :meth:`algebra.ConvOperator.from_weight`."""
+        from ..algebra.validate import bool_arg
+        transposed = bool_arg(transposed, "transposed")
         w = as_float_tensor(weight, check_float_dtype(dtype), "weight")
         if w.ndim not in (3, 4, 5):
-            raise InvalidInputError(f"weight must have shape (C_out, C_in/groups, *kernel), got {tuple(w.shape)}")
+            axes = "(C_in, C_out/groups, *kernel)" if transposed else "(C_out, C_in/groups, *kernel)"
+            raise InvalidInputError(f"weight must have shape {axes}, got {tuple(w.shape)}")
         check_finite_tensor(w, "weight")
         ndim = w.ndim - 2
         stride = per_axis(stride, ndim, "stride")
@@ -123,17 +160,23 @@ class KernelOperator:
         groups = int_arg(groups, "groups", minimum=1)
         if w.shape[0] % groups:
             raise InvalidInputError(f"groups={groups} must divide the weight's first axis ({w.shape[0]})")
-        c_out, ipg = w.shape[0], w.shape[1]
-        opg = c_out // groups
-        dense = w.new_zeros((c_out, ipg * groups, *k))
+        if transposed:  # w[c, o_local, a]: block g maps inputs g*ipg.. to outputs g*opg..
+            ipg, opg = w.shape[0] // groups, w.shape[1]
+            blocks = w.view(groups, ipg, opg, *k).transpose(1, 2)
+        else:
+            opg, ipg = w.shape[0] // groups, w.shape[1]
+            blocks = w.view(groups, opg, ipg, *k)
+        dense = w.new_zeros((opg * groups, ipg * groups, *k))
         diagonal = torch.arange(groups)  # block (g, g) of the (groups x groups) block matrix
-        dense.view(groups, opg, groups, ipg, *k)[diagonal, :, diagonal] = w.view(groups, opg, ipg, *k)
-        coeffs = inflate(dense.flip(spatial_axes(dense)), dilation)
-        low = tuple(p - d * (n - 1) for p, d, n in zip(padding, dilation, k))
+        dense.view(groups, opg, groups, ipg, *k)[diagonal, :, diagonal] = blocks
         b = None
         if bias is not None:
             b = as_float_tensor(bias, dtype, "bias")
             check_finite_tensor(b, "bias")
+        if transposed:  # exponents d*a - p ascend with a: no reversal
+            return cls(inflate(dense, dilation), tuple(-p for p in padding), 1, b, stride)
+        coeffs = inflate(dense.flip(spatial_axes(dense)), dilation)
+        low = tuple(p - d * (n - 1) for p, d, n in zip(padding, dilation, k))
         return cls(coeffs, low, stride, b)
 
     @classmethod
@@ -158,9 +201,6 @@ class KernelOperator:
         if not isinstance(op, ConvOperator):
             raise InvalidTypeError(f"expected an algebra ConvOperator, got {type(op).__name__}")
         check_float_dtype(dtype)
-        if any(u != 1 for u in op.upsample):
-            raise InvalidInputError(f"up-sampling {op.upsample} (a transposed convolution) has no "
-                                    "KernelOperator form; compose it into a strided operator first")
         if op.free_symbols:
             raise InvalidInputError(f"the operator has symbolic weights {sorted(map(str, op.free_symbols))}; "
                                     "substitute numbers with ConvOperator.subs first")
@@ -178,7 +218,7 @@ class KernelOperator:
         bias = np.empty(len(op.bias), dtype=object)
         bias[:] = [to_sympy(b) for b in op.bias]
         return cls(rounded_tensor(array, dtype, "coefficient"), low, op.stride,
-                   rounded_tensor(bias, dtype, "bias"))
+                   rounded_tensor(bias, dtype, "bias"), op.upsample)
 
     def to_algebra(self) -> ConvOperator:
         """The exact operator over ``QQ``: every float becomes its exact rational value."""
@@ -197,7 +237,7 @@ class KernelOperator:
         matrix = [[ring.from_dict(entries[(o, c)]) if (o, c) in entries else ring.zero
                    for c in range(self.in_channels)] for o in range(self.out_channels)]
         bias = [exact_rational(v) for v in self.bias.detach().cpu().to(torch.float64).tolist()]
-        return ConvOperator(ring, matrix, stride=self.stride, bias=bias)
+        return ConvOperator(ring, matrix, stride=self.stride, bias=bias, upsample=self.upsample)
 
     def to_weight(self) -> TorchLayout:
         """The PyTorch layout of this operator (the twin of
@@ -205,7 +245,13 @@ class KernelOperator:
         ``p = high`` (zeros added so that the taps reach exponent 0 when the kernel only
         looks ahead, as torch needs ``p >= 0``), dilation 1, one group; ``bias`` is None when
         the operator has none.  ``F.conv{n}d(x, **layout.kwargs())`` with that weight is
-        ``y[i] = b + sum_a w[a] x[s i + a - p]``."""
+        ``y[i] = b + sum_a w[a] x[s i + a - p]``.  An up-sampling operator ``K ∘ up_u``
+        (stride 1) gives the transposed layout (``transposed=True``, ``stride = u``):
+        ``weight[c, o] = coeffs[o, c]`` with ``p = max(-low, 0)``, so that
+        ``F.conv_transpose{n}d(x, **layout.kwargs())`` is ``y[j] = b + sum_{u i + a - p = j}
+        w[c, o, a] x[i]``; both a stride and an up-sampling are not one torch layer."""
+        if self.upsampled:
+            return self._transposed_weight()
         coeffs = self.coeffs
         if any(h < 0 for h in self.high):
             pad = [x for h in reversed(self.high) for x in (0, max(-h, 0))]
@@ -215,17 +261,36 @@ class KernelOperator:
                            self.bias.clone() if self.has_bias else None, self.stride, padding,
                            (1,) * self.ndim, 1, False)
 
+    def _transposed_weight(self) -> TorchLayout:
+        """The ``conv_transpose`` layout of ``K ∘ up_u`` (see :meth:`to_weight`)."""
+        if any(s != 1 for s in self.stride):
+            raise InvalidInputError(f"stride {self.stride} with up-sampling {self.upsample} is not "
+                                    "one PyTorch layer")
+        coeffs = self.coeffs
+        if any(l > 0 for l in self.low):  # taps start after exponent 0: zeros in front
+            coeffs = F.pad(coeffs, [x for l in reversed(self.low) for x in (max(l, 0), 0)])
+        padding = tuple(max(-l, 0) for l in self.low)
+        return TorchLayout(coeffs.transpose(0, 1).contiguous(),
+                           self.bias.clone() if self.has_bias else None, self.upsample, padding,
+                           (1,) * self.ndim, 1, True)
+
+    def _like(self, coeffs: torch.Tensor, low: Sequence[int] | None = None,
+              bias: Any = None) -> "KernelOperator":
+        """A new operator with this one's stride and up-sampling."""
+        return KernelOperator(coeffs, self.low if low is None else low, self.stride, bias,
+                              self.upsample)
+
     def with_bias(self, bias: Any) -> "KernelOperator":
-        return KernelOperator(self.coeffs, self.low, self.stride, bias)
+        return self._like(self.coeffs, bias=bias)
 
     def linear_part(self) -> "KernelOperator":
         """The same operator without bias."""
-        return KernelOperator(self.coeffs, self.low, self.stride)
+        return self._like(self.coeffs)
 
     def to(self, dtype: torch.dtype) -> "KernelOperator":
         """The same operator with coefficients of another floating dtype."""
         check_float_dtype(dtype)
-        return KernelOperator(self.coeffs.to(dtype), self.low, self.stride, self.bias.to(dtype))
+        return self._like(self.coeffs.to(dtype), bias=self.bias.to(dtype))
 
     # -- shape ----------------------------------------------------------------------------
     @property
@@ -246,9 +311,9 @@ class KernelOperator:
         return self.coeffs.shape[1]
 
     @property
-    def upsample(self) -> tuple[int, ...]:
-        """Always 1 per axis: a KernelOperator has no up-sampling (``ConvOperator`` does)."""
-        return (1,) * self.ndim
+    def upsampled(self) -> bool:
+        """Whether some axis up-samples (``u > 1``: a transposed convolution is in it)."""
+        return any(u != 1 for u in self.upsample)
 
     @property
     def kernel_size(self) -> tuple[int, ...]:
@@ -272,8 +337,16 @@ class KernelOperator:
         """Output window for an input of spatial size ``n``.  ``'circular'``: ``n / s`` (each
         stride must divide its size).  ``'zeros'``: torch's window for :meth:`to_weight`,
         ``i = 0 .. floor((n - 1 + p + low) / s)`` with ``p = max(high, 0)`` (for a chain of
-        'valid' layers this is the chain's own output)."""
+        'valid' layers this is the chain's own output).  With up-sampling ``u`` the input
+        is first zero-inserted to size ``(n - 1) u + 1`` (for a transposed convolution with
+        ``0 <= p <= d(k - 1)`` this is torch's window with ``output_padding=0``); circular
+        padding of an up-sampling operator is refused, as on the exact side."""
         n = per_axis(sizes, self.ndim, "sizes")
+        if self.upsampled:
+            if padding == "circular":
+                raise InvalidInputError("periodic application of an up-sampling operator is not "
+                                        "supported")
+            n = tuple((m - 1) * u + 1 for m, u in zip(n, self.upsample))
         if padding == "circular":
             if any(m % s for m, s in zip(n, self.stride)):
                 raise InvalidInputError(f"circular padding needs each stride {self.stride} to divide "
@@ -291,23 +364,27 @@ class KernelOperator:
     # -- algebra --------------------------------------------------------------------------
     def compose(self, inner: "KernelOperator", *, method: str = "auto",
                 budget: int | None = None) -> "KernelOperator":
-        """``self ∘ inner`` (``inner`` first), by the noble identity:
-        ``K = K_self(z^{s_inner}) K_inner(z)``, ``s = s_inner s_self``,
-        ``b = K_self(1) b_inner + b_self``.  Refuses before allocating when the composed
-        kernel exceeds the memory budget."""
+        """``self ∘ inner`` (``inner`` first), by the noble identities
+        ``K(z) down_s = down_s K(z^s)`` and ``up_u K(z) = K(z^u) up_u``:
+        ``K = K_self(z^{s_inner}) K_inner(z^{u_self})``, ``s = s_inner s_self``,
+        ``u = u_inner u_self``, ``b = K_self(1) b_inner + b_self``.  Refused (as by
+        :func:`algebra.operator.check_composable`) when an up-sampling follows a stride with
+        ``gcd(u, s) != 1`` or a bias precedes an up-sampling; refuses before allocating when
+        the composed kernel exceeds the memory budget."""
         if not isinstance(inner, KernelOperator):
             raise InvalidTypeError(f"expected a KernelOperator, got {type(inner).__name__}")
         if self.ndim != inner.ndim:
             raise InvalidInputError(f"cannot compose a {self.ndim}-D operator with a {inner.ndim}-D one")
-        if self.in_channels != inner.out_channels:
-            raise InvalidInputError(f"cannot compose: the outer operator takes {self.in_channels} "
-                                    f"channels, the inner one gives {inner.out_channels}")
-        coeffs = polymatmul(self.coeffs, inner.coeffs, inner.stride, method, budget)
-        low = tuple(lo * s + li for lo, s, li in zip(self.low, inner.stride, inner.low))
+        check_composable(self, inner)
+        coeffs = _noble_product(self.coeffs, inner.coeffs, inner.stride, self.upsample,
+                                method, budget)
+        low = tuple(lo * s + li * u for lo, s, li, u in
+                    zip(self.low, inner.stride, inner.low, self.upsample))
         stride = tuple(a * b for a, b in zip(self.stride, inner.stride))
+        upsample = tuple(a * b for a, b in zip(self.upsample, inner.upsample))
         dtype = coeffs.dtype
         bias = self.at_one().to(dtype) @ inner.bias.to(dtype) + self.bias.to(dtype)
-        return KernelOperator(coeffs, low, stride, bias)
+        return KernelOperator._trusted(coeffs, low, stride, bias, upsample)
 
     def __matmul__(self, other: "KernelOperator") -> "KernelOperator":
         if not isinstance(other, KernelOperator):
@@ -328,9 +405,10 @@ class KernelOperator:
         if self.shape != other.shape or self.ndim != other.ndim:
             raise InvalidInputError(f"cannot add a {self.ndim}-D {self.shape[0]}x{self.shape[1]} operator "
                                     f"and a {other.ndim}-D {other.shape[0]}x{other.shape[1]} one")
-        if self.stride != other.stride:
-            raise InvalidInputError(f"cannot add operators with strides {self.stride} and "
-                                    f"{other.stride}: the sum is not one strided convolution")
+        if self.stride != other.stride or self.upsample != other.upsample:
+            raise MultirateError(f"cannot add operators with strides {self.stride} and "
+                                    f"{other.stride} (up-sampling {self.upsample}, "
+                                    f"{other.upsample}): the sum is not one strided convolution")
         low = tuple(map(min, self.low, other.low))
         size = tuple(max(a, b) - l + 1 for a, b, l in zip(self.high, other.high, low))
         dtype = torch.promote_types(self.dtype, other.dtype)
@@ -338,10 +416,10 @@ class KernelOperator:
                      f"adding two {self.out_channels}x{self.in_channels} kernels on the common "
                      f"support {'x'.join(map(str, size))}")
         coeffs = self._embedded(low, size).to(dtype) + other._embedded(low, size).to(dtype)
-        return KernelOperator(coeffs, low, self.stride, self.bias.to(dtype) + other.bias.to(dtype))
+        return self._like(coeffs, low, self.bias.to(dtype) + other.bias.to(dtype))
 
     def __neg__(self) -> "KernelOperator":
-        return KernelOperator(-self.coeffs, self.low, self.stride, -self.bias)
+        return self._like(-self.coeffs, bias=-self.bias)
 
     def __sub__(self, other: Any) -> "KernelOperator":
         if not isinstance(other, KernelOperator):
@@ -360,39 +438,36 @@ class KernelOperator:
         c = float(scalar)
         if not math.isfinite(c):
             raise InvalidInputError(f"cannot scale an operator by the non-finite number {c}")
-        return KernelOperator(self.coeffs * c, self.low, self.stride, self.bias * c)
+        return self._like(self.coeffs * c, bias=self.bias * c)
 
     __rmul__ = __mul__
 
     def dilate(self, factors: int | Sequence[int]) -> "KernelOperator":
-        """``K(z^d)`` with the same stride (an à-trous convolution)."""
+        """``K(z^d)`` with the same stride and up-sampling (an à-trous convolution)."""
         d = positive_ints(factors, self.ndim, "dilation")
         size = tuple((k - 1) * x + 1 for k, x in zip(self.kernel_size, d))
         check_budget(estimate_bytes((*self.shape, *size), self.dtype),
                      f"a {self.out_channels}x{self.in_channels} kernel dilated to {size}")
-        return KernelOperator(inflate(self.coeffs, d), tuple(l * x for l, x in zip(self.low, d)),
-                              self.stride, self.bias)
+        return self._like(inflate(self.coeffs, d), tuple(l * x for l, x in zip(self.low, d)),
+                          self.bias)
 
     def adjoint(self) -> "KernelOperator":
-        """``K(1/z)^T``: channels transposed, every axis reversed, ``low -> -high``.  The
-        adjoint of the linear part (a bias has none); stride 1 only."""
-        if any(s != 1 for s in self.stride):
-            raise InvalidInputError(f"the adjoint of a stride-{self.stride} operator is an up-sampling "
-                                    "(transposed) convolution, which KernelOperator does not represent; "
-                                    "use algebra's ConvOperator.adjoint or F.conv_transpose with "
-                                    "to_weight()")
+        """``K(1/z)^T`` with stride and up-sampling swapped (the adjoint of
+        ``down_s K up_u`` is ``down_u K(1/z)^T up_s``): channels transposed, every axis
+        reversed, ``low -> -high``.  The adjoint of the linear part (a bias has none)."""
         coeffs = self.coeffs.transpose(0, 1).flip(spatial_axes(self.coeffs)).contiguous()
-        return KernelOperator(coeffs, tuple(-h for h in self.high), 1)
+        return KernelOperator(coeffs, tuple(-h for h in self.high), self.upsample, None,
+                              self.stride)
 
     def __getitem__(self, rows: int | slice | Sequence[int]) -> "KernelOperator":
         """A channel split: the operator onto the selected output channels."""
         idx = _channel_index(rows, self.out_channels, "output channel")
-        return KernelOperator(self.coeffs[idx], self.low, self.stride, self.bias[idx])
+        return self._like(self.coeffs[idx], bias=self.bias[idx])
 
     def columns(self, cols: slice | Sequence[int]) -> "KernelOperator":
         """The operator restricted to the selected input channels (bias kept)."""
         idx = _channel_index(cols, self.in_channels, "input channel")
-        return KernelOperator(self.coeffs[:, idx], self.low, self.stride, self.bias)
+        return self._like(self.coeffs[:, idx], bias=self.bias)
 
     # -- evaluation and comparison --------------------------------------------------------
     def at_one(self) -> torch.Tensor:
@@ -404,8 +479,8 @@ class KernelOperator:
         """The same operator with all-zero border slices removed (the exact support box)."""
         nz = self.coeffs != 0
         if not bool(nz.any()):
-            return KernelOperator(self.coeffs.new_zeros((*self.shape, *(1,) * self.ndim)), 0,
-                                  self.stride, self.bias)
+            return self._like(self.coeffs.new_zeros((*self.shape, *(1,) * self.ndim)),
+                              (0,) * self.ndim, self.bias)
         slices, low = [slice(None), slice(None)], []
         for axis in range(self.ndim):
             others = tuple(a for a in range(nz.ndim) if a != axis + 2)
@@ -413,7 +488,7 @@ class KernelOperator:
             first, last = int(hit[0]), int(hit[-1])
             slices.append(slice(first, last + 1))
             low.append(self.low[axis] + first)
-        return KernelOperator(self.coeffs[tuple(slices)].contiguous(), low, self.stride, self.bias)
+        return self._like(self.coeffs[tuple(slices)].contiguous(), low, self.bias)
 
     def mod_circular(self, sizes: int | Sequence[int]) -> "KernelOperator":
         """``K mod (z^n - 1)`` on every axis whose kernel is longer than ``n`` (taps folded
@@ -431,13 +506,15 @@ class KernelOperator:
             shape[axis + 2] = m
             coeffs = coeffs.new_zeros(shape).index_add_(axis + 2, target, coeffs)
             low[axis] = 0
-        return KernelOperator(coeffs, low, self.stride, self.bias)
+        return self._like(coeffs, low, self.bias)
 
     def allclose(self, other: "KernelOperator", rtol: float = 1e-5, atol: float = 1e-8) -> bool:
-        """Equal strides and, on the union of the supports, close kernels and biases."""
+        """Equal strides and up-sampling and, on the union of the supports, close kernels
+        and biases."""
         if not isinstance(other, KernelOperator):
             raise InvalidTypeError(f"expected a KernelOperator, got {type(other).__name__}")
-        if self.shape != other.shape or self.stride != other.stride or self.ndim != other.ndim:
+        if self.shape != other.shape or self.stride != other.stride or self.ndim != other.ndim \
+                or self.upsample != other.upsample:
             return False
         low = tuple(map(min, self.low, other.low))
         size = tuple(max(a, b) - l + 1 for a, b, l in zip(self.high, other.high, low))
@@ -448,9 +525,27 @@ class KernelOperator:
 
     def __repr__(self) -> str:
         extra = f", stride={self.stride}" if any(s != 1 for s in self.stride) else ""
+        extra += f", upsample={self.upsample}" if self.upsampled else ""
         extra += ", bias" if self.has_bias else ""
         return (f"KernelOperator({self.out_channels}x{self.in_channels}, exponents "
                 f"{self.low}..{self.high}{extra}, {str(self.dtype).removeprefix('torch.')})")
+
+
+def _noble_product(outer: torch.Tensor, inner: torch.Tensor, stride: Sequence[int],
+                   upsample: Sequence[int], method: str, budget: int | None) -> torch.Tensor:
+    """``outer(z^s) inner(z^u)`` (``s`` the inner stride, ``u`` the outer up-sampling).
+    :func:`polymatmul` dilates its first factor, so with ``s = 1`` the product is taken
+    transposed, ``(inner(z^u)^T outer(z)^T)^T``, and only with both ``s`` and ``u`` above
+    1 is ``inner(z^u)`` inflated (after a memory check)."""
+    if all(u == 1 for u in upsample):
+        return polymatmul(outer, inner, stride, method, budget)
+    if all(s == 1 for s in stride):
+        return polymatmul(inner.transpose(0, 1), outer.transpose(0, 1), upsample, method,
+                          budget).transpose(0, 1).contiguous()
+    size = tuple((k - 1) * u + 1 for k, u in zip(inner.shape[2:], upsample))
+    check_budget(estimate_bytes((*inner.shape[:2], *size), inner.dtype),
+                 f"a {inner.shape[0]}x{inner.shape[1]} kernel up-sampled to {size}", budget)
+    return polymatmul(outer, inflate(inner, upsample), stride, method, budget)
 
 
 def _channel_index(rows: Any, count: int, what: str) -> torch.Tensor:
@@ -480,10 +575,11 @@ def _operator_list(operators: Sequence[KernelOperator], name: str) -> list[Kerne
 
 
 def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
-    """``diag(A_1, ..., A_g)`` — a grouped convolution (equal strides)."""
+    """``diag(A_1, ..., A_g)`` — a grouped convolution (equal strides and up-sampling)."""
     ops = _operator_list(operators, "block_diag")
-    if len({(op.stride, op.ndim) for op in ops}) != 1:
-        raise InvalidInputError("block_diag needs operators with equal strides and dimensions")
+    if len({(op.stride, op.upsample, op.ndim) for op in ops}) != 1:
+        raise InvalidInputError("block_diag needs operators with equal strides, up-sampling and "
+                                "dimensions")
     low, size, dtype = _frame(ops)
     c_out, c_in = sum(op.out_channels for op in ops), sum(op.in_channels for op in ops)
     check_budget(estimate_bytes((c_out, c_in, *size), dtype),
@@ -493,17 +589,19 @@ def block_diag(operators: Sequence[KernelOperator]) -> KernelOperator:
     for op in ops:
         coeffs[o:o + op.out_channels, c:c + op.in_channels] = op._embedded(low, size)
         o, c = o + op.out_channels, c + op.in_channels
-    return KernelOperator(coeffs, low, ops[0].stride, torch.cat([op.bias.to(dtype) for op in ops]))
+    return ops[0]._like(coeffs, low, torch.cat([op.bias.to(dtype) for op in ops]))
 
 
 def vstack(operators: Sequence[KernelOperator]) -> KernelOperator:
     """Channel concatenation ``[A_1; ...; A_k]`` of operators on the same input."""
     ops = _operator_list(operators, "vstack")
-    if len({(op.stride, op.ndim, op.in_channels) for op in ops}) != 1:
-        raise InvalidInputError("vstack needs operators with equal strides, dimensions and inputs")
+    if len({(op.ndim, op.in_channels) for op in ops}) != 1:
+        raise InvalidInputError("vstack needs operators with equal dimensions and inputs")
+    if len({(op.stride, op.upsample) for op in ops}) != 1:
+        raise MultirateError("vstack needs operators with equal strides and up-sampling")
     low, size, dtype = _frame(ops)
     c_out = sum(op.out_channels for op in ops)
     check_budget(2 * estimate_bytes((c_out, ops[0].in_channels, *size), dtype),
                  f"a stacked {c_out}x{ops[0].in_channels} kernel of size {'x'.join(map(str, size))}")
     coeffs = torch.cat([op._embedded(low, size).to(dtype) for op in ops])
-    return KernelOperator(coeffs, low, ops[0].stride, torch.cat([op.bias.to(dtype) for op in ops]))
+    return ops[0]._like(coeffs, low, torch.cat([op.bias.to(dtype) for op in ops]))

@@ -5,6 +5,12 @@ code: :func:`algebra.collapse.collapse_walk`), with :class:`~numeric.kernels.Ker
 in place of the exact operator: every layer's kernel is a dense float64 (or float32)
 coefficient tensor and compositions are FFT/conv products.  The region depends only on the
 layers' tap patterns and on which collapsed values carry a bias, so it is exact here too.
+
+Where no single ``down_s K up_u + b`` exists (an up-sampling after a stride with
+``gcd(u, s) != 1``, a bias before an up-sampling, branches of different rates) the walk
+falls back, as the exact one does, to the float
+:class:`~numeric.polyphase.PolyphaseOperator` (``NumericBackend.to_polyphase``); the result
+is brought to its least periods and back to one strided kernel when it has one.
 """
 from __future__ import annotations
 
@@ -17,9 +23,11 @@ import torch
 
 from ..algebra.errors import InvalidInputError, InvalidTypeError
 from ..algebra.collapse import CollapseResult, collapse_walk
+from ..algebra.polyphase import is_polyphase
 from ..algebra.footprint import OperatorShape
 from ..algebra.memory import check_budget, estimate_bytes, memory_limit
-from ..algebra.network import (AvgPool, ChannelAffine, Conv, ConvTranspose, GlobalAvgPool,
+from ..algebra.network import (AdaptiveAvgPool, AvgPool, ChannelAffine, Conv, ConvTranspose,
+                             GlobalAvgPool,
                              Network, Shape, Split)
 
 from .inputs import as_real_tensor, check_float_dtype, rounded_tensor
@@ -62,19 +70,22 @@ class NumericBackend:
                                   (0,) * self.ndim, (1,) * self.ndim, shift)
         if isinstance(node, Split):
             return self.identity(in_shape[0])[node.start:node.stop]
-        if isinstance(node, AvgPool):
-            weight = 1.0 / float(np.prod(node.kernel_size))
-            low = tuple(p - (k - 1) for p, k in zip(node.padding, node.kernel_size))
-            return self._diagonal(torch.full((in_shape[0],), weight, dtype=d), node.kernel_size,
-                                  low, node.stride)
+        if isinstance(node, (AvgPool, AdaptiveAvgPool)):  # the form of algebra.pooling
+            form = node.strided_form(in_shape[1:])
+            low = tuple(p - (k - 1) for p, k in zip(form.padding, form.kernel))
+            return self._diagonal(torch.full((in_shape[0],), 1.0 / form.divisor, dtype=d),
+                                  form.kernel, low, form.stride)
         if isinstance(node, GlobalAvgPool):
             size = tuple(in_shape[1:])
             weight = 1.0 / float(np.prod(size))
             low = tuple(1 - n for n in size)
             return self._diagonal(torch.full((in_shape[0],), weight, dtype=d), size, low, size)
-        if isinstance(node, ConvTranspose):
-            raise InvalidInputError("transposed convolutions (up-sampling) have no strided-kernel form "
-                                    "in numeric/; use algebra.collapse or the affine map")
+        if isinstance(node, ConvTranspose):  # output_padding only sizes the window
+            return KernelOperator.from_weight(
+                rounded_tensor(node.weight, d, "weight"),
+                None if node.bias is None else rounded_tensor(node.bias, d, "bias"),
+                stride=node.stride, padding=node.padding, dilation=node.dilation,
+                groups=node.groups, transposed=True, dtype=d)
         raise TypeError(f"no numeric operator for {type(node).__name__}")
 
     def combine(self, ops: Sequence[KernelOperator], coefficients: Sequence[Any]) -> KernelOperator:
@@ -96,6 +107,12 @@ class NumericBackend:
 
     def vstack(self, ops: Sequence[KernelOperator]) -> KernelOperator:
         return vstack(ops)
+
+    def to_polyphase(self, op: Any) -> Any:
+        """``op`` as a float :class:`~numeric.polyphase.PolyphaseOperator` (the multirate
+        fallback of :func:`algebra.collapse.collapse_walk`)."""
+        from .polyphase import as_polyphase
+        return as_polyphase(op)
 
     def tap_pattern(self, op: KernelOperator) -> dict[tuple[int, ...], np.ndarray]:
         """``{e: mask}``: ``mask[o, c]`` where ``K_{o,c}`` has a nonzero ``z^e`` coefficient."""
@@ -122,17 +139,30 @@ class NumericBackend:
 
     def product_bytes(self, outer: OperatorShape, inner: OperatorShape,
                       result: OperatorShape) -> int:
-        """:func:`numeric.polymatmul.polymatmul`'s workspace beyond the result."""
-        k_outer = tuple((k - 1) * s + 1 for k, s in zip(outer.box, inner.stride))
-        method = auto_method(k_outer, inner.box, self.dtype)
-        return product_workspace_bytes(outer.rows, outer.cols, inner.cols, k_outer, inner.box,
-                                       self.dtype, method) - self.operator_bytes(result)
+        """:func:`numeric.polymatmul.polymatmul`'s workspace beyond the result, for the
+        product ``outer(z^s) inner(z^u)`` as :meth:`KernelOperator.compose` forms it (taken
+        transposed when only the up-sampling ``u`` is above 1; the up-sampled copy of
+        ``inner`` when both are)."""
+        s, u = inner.stride, outer.upsample
+        k_outer = tuple((k - 1) * x + 1 for k, x in zip(outer.box, s))
+        k_inner = tuple((k - 1) * x + 1 for k, x in zip(inner.box, u))
+        rows, mid, cols = outer.rows, outer.cols, inner.cols
+        copy = 0
+        if any(x > 1 for x in u) and all(x == 1 for x in s):
+            rows, cols, k_outer, k_inner = cols, rows, k_inner, outer.box
+        elif any(x > 1 for x in u):
+            copy = estimate_bytes((mid, cols, *k_inner), self.dtype)
+        method = auto_method(k_outer, k_inner, self.dtype)
+        return copy + product_workspace_bytes(rows, mid, cols, k_outer, k_inner, self.dtype,
+                                              method) - self.operator_bytes(result)
 
 
 class NumericCollapse(CollapseResult):
     """A :class:`~algebra.collapse.CollapseResult` whose operator is a float
-    :class:`KernelOperator`: it equals the network where ``region`` is True."""
-    operator: KernelOperator
+    :class:`KernelOperator` (or, when no single strided kernel exists, a float
+    :class:`~numeric.polyphase.PolyphaseOperator`): it equals the network where ``region``
+    is True."""
+    operator: Any
 
     def apply(self, x: Any) -> torch.Tensor:
         """The collapsed operator on a batch ``(B, *input_shape)`` (or one input), on the
@@ -143,8 +173,16 @@ class NumericCollapse(CollapseResult):
         if tuple(x.shape[int(not single):]) != tuple(self.input_shape):
             raise InvalidInputError(f"expected inputs of shape {self.input_shape}, got {tuple(x.shape)}")
         batch = (x[None] if single else x)
-        check_budget(_apply_bytes(self.operator, tuple(batch.shape), self.output_shape),
+        op, shape = self.operator, tuple(batch.shape)
+        if self.polyphase:  # the block runs on the polyphase components
+            op = op.block
+            shape = (shape[0], op.in_channels,
+                     *(-(-n // p) for n, p in zip(shape[2:], self.operator.in_period)))
+        check_budget(_apply_bytes(op, shape, self.output_shape),
                      f"applying the collapsed operator to a batch of shape {tuple(batch.shape)}")
+        if self.polyphase:
+            y = self.operator.apply(batch, self.output_shape[1:])
+            return y[0] if single else y
         batch = batch.to(self.operator.dtype)
         y = conv_direct(self.operator, batch, "circular") if self.periodic else \
             conv_window(self.operator, batch, self.output_shape[1:])
@@ -152,10 +190,11 @@ class NumericCollapse(CollapseResult):
 
 
 def _apply_bytes(op: KernelOperator, batch_shape: Sequence[int], out_shape: Sequence[int]) -> int:
-    """The batch in the operator's dtype, padded by the kernel's reach, the kernel copy and
-    the output."""
+    """The batch in the operator's dtype, zero-inserted by the up-sampling and padded by the
+    kernel's reach, the kernel copy and the output."""
     n = batch_shape[0]
-    padded = math.prod(m + 2 * k for m, k in zip(batch_shape[2:], op.kernel_size))
+    padded = math.prod((m - 1) * u + 1 + 2 * k
+                       for m, u, k in zip(batch_shape[2:], op.upsample, op.kernel_size))
     inputs = n * op.in_channels * (math.prod(batch_shape[2:]) + padded)
     return estimate_bytes((inputs + op.coeffs.numel() + n * math.prod(out_shape),), op.dtype)
 
@@ -180,7 +219,12 @@ def collapse_numeric(network: Network, input_shape: Sequence[int], *,
     check_float_dtype(dtype)
     walk = collapse_walk(network, input_shape, NumericBackend(network, dtype), periodic, budget)
     region, tight_for = _tight_region(network, walk, tight, budget)
-    return NumericCollapse(walk.operator, tuple(walk.shapes["input"]),
+    operator = walk.operator
+    if is_polyphase(operator):  # one strided kernel whenever one exists (to round-off)
+        with memory_limit(budget):
+            operator = operator.minimal()
+            operator = operator.to_conv() or operator
+    return NumericCollapse(operator, tuple(walk.shapes["input"]),
                            tuple(walk.shapes[network.output_name]), region, walk.periodic,
                            tight_for)
 
@@ -195,7 +239,8 @@ def _tight_region(network: Network, walk: Any, tight: bool | str, budget: Any
         return region, "generic weights"
     from ..algebra.collapse import collapse
     from ..algebra.tight_region import TIGHT_AUTO_LIMIT, evaluation_cost
-    terms = walk.operator.coeffs.numel()  # an upper bound on the exact operator's terms
+    dense = walk.operator.block if is_polyphase(walk.operator) else walk.operator
+    terms = dense.coeffs.numel()  # an upper bound on the exact operator's terms
     if tight == "auto" and evaluation_cost(network, walk.shapes, terms) > TIGHT_AUTO_LIMIT:
         return region, "generic weights"
     exact = collapse(network, tuple(walk.shapes["input"]), periodic=False, budget=budget,

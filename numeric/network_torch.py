@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from ..algebra.errors import InvalidInputError, InvalidTypeError
-from ..algebra.network import (Add, AvgPool, ChannelAffine, Concat, Conv, ConvTranspose,
-                               Flatten, GlobalAvgPool, Input, Linear, Network, Split)
-from .functional import avg_pool_nd, conv_nd, conv_transpose_nd
+from ..algebra.network import (AdaptiveAvgPool, Add, AvgPool, ChannelAffine, Concat, Conv,
+                               ConvTranspose, Flatten, GlobalAvgPool, Input, Linear, Network,
+                               Split)
+from .functional import adaptive_avg_pool_nd, avg_pool, conv_nd, conv_transpose_nd
 from .inputs import check_float_dtype, rounded_tensor
 
 __all__ = ["NetworkModule", "network_forward"]
@@ -119,8 +120,10 @@ class NetworkModule(torch.nn.Module):
             elif isinstance(node, Split):
                 out = inputs[0][:, node.start:node.stop]
             elif isinstance(node, AvgPool):
-                out = avg_pool_nd(ndim)(inputs[0], node.kernel_size, node.stride, node.padding,
-                                  count_include_pad=node.count_include_pad)
+                out = avg_pool(inputs[0], node.kernel_size, node.stride, node.padding,
+                               node.ceil_mode, node.count_include_pad, node.divisor_override)
+            elif isinstance(node, AdaptiveAvgPool):
+                out = adaptive_avg_pool_nd(ndim)(inputs[0], node.output_size)
             elif isinstance(node, GlobalAvgPool):
                 out = inputs[0].mean(dim=tuple(range(2, 2 + ndim)), keepdim=True)
             elif isinstance(node, Flatten):

@@ -42,6 +42,10 @@ __all__ = ["fold_periodic", "symbol", "fft_multiplier", "singular_values", "oper
 def _check_op(op: object, what: str = "op") -> KernelOperator:
     if not isinstance(op, KernelOperator):
         raise InvalidTypeError(f"{what} must be a KernelOperator, got {type(op).__name__}")
+    if op.upsampled:  # the symbol and singular values here are those of down_s K
+        raise InvalidInputError(f"{what}: the spectrum of an up-sampling operator (upsample "
+                                f"{op.upsample}, a transposed convolution) is not supported; "
+                                "use its adjoint, a strided operator")
     return op
 
 

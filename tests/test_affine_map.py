@@ -128,7 +128,7 @@ def test_linear_resnet_classifier_is_one_affine_map(mode):
                                rtol=1e-10, atol=1e-10)
 
 
-# -- what the operator collapse refuses, the affine map still does --------------------------
+# -- multirate: the operator collapse is polyphase, the affine map is exact everywhere -------
 def test_upsampling_after_a_stride_and_bias_before_upsampling():
     rng = np.random.default_rng(1)
     w1, b1, w2 = rng.normal(size=(2, 1, 3)), rng.normal(size=2), rng.normal(size=(1, 2, 2))
@@ -136,8 +136,7 @@ def test_upsampling_after_a_stride_and_bias_before_upsampling():
     h = net.conv(net.input, w1, b1, stride=2)         # 9 -> 4, biased
     h = net.upsample(h, 2)                            # 4 -> 7 (zeros inserted)
     net.set_output(net.conv(h, w2, padding=1, padding_mode="reflect"))
-    with pytest.raises(ValueError):
-        collapse(net, (1, 9))
+    collapsed = collapse(net, (1, 9))   # gcd(2, 2) != 1 and a bias before zero insertion
     amap = collapse_affine(net, (1, 9))
     x = rng.normal(size=(4, 1, 9))
     t = F.conv1d(torch.from_numpy(x), torch.from_numpy(w1), torch.from_numpy(b1), stride=2)
@@ -147,6 +146,10 @@ def test_upsampling_after_a_stride_and_bias_before_upsampling():
     W, B = amap.to_numpy()
     np.testing.assert_allclose((x.reshape(4, -1) @ W.T + B).reshape(expected.shape), expected,
                                rtol=1e-10, atol=1e-10)
+    assert collapsed.polyphase is not None and "phases" in collapsed.describe()
+    got = np.stack([np.array(collapsed.apply(xi), dtype=np.float64) for xi in x])
+    region = collapsed.region
+    np.testing.assert_allclose(got[..., region], expected[..., region], rtol=1e-10, atol=1e-10)
 
 
 def test_branches_with_different_strides_then_scale_and_upsample():

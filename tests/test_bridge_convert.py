@@ -199,11 +199,13 @@ def test_affine_collapse_is_exact_for_every_padding_mode(padding_mode: str) -> N
         assert rel_err(conversion.module(x[:1]), reference(model, x[:1])) <= 1e-11  # any batch
 
 
-def test_kernel_collapse_refuses_zero_padding_unless_inexact_allowed() -> None:
+def test_kernel_collapse_of_zero_padding_is_border_corrected_unless_inexact_allowed() -> None:
     model = randomize_bn(LinearResNet("zeros", head=False)).double()
     x = sample(2, 2, 16, 16)
-    with pytest.raises(ConversionError, match="not exact everywhere.*allow_inexact"):
-        convert(model, x, mode="kernel", measure=False)
+    exact = convert(model, x, mode="kernel", measure=False)   # kernel inside, layers on strips
+    assert exact.exact and exact.region is None and exact.report.segments[0].border
+    with torch.no_grad():
+        assert rel_err(exact.module(x), reference(model, x)) <= 1e-11
     conversion = convert(model, x, mode="kernel", allow_inexact=True, measure=False)
     assert count_layers(conversion.module) == {"conv": 1, "batch_norm": 0, "linear": 0}
     region = conversion.region

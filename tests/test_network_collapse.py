@@ -388,18 +388,22 @@ def test_non_finite_linear_weights_are_refused():
         collapse_affine(net, (1, 6))
 
 
-def test_multirate_limits_are_refused_with_a_pointer_to_the_affine_map():
+def test_multirate_limits_collapse_to_a_polyphase_operator():
     """Up-sampling by 2 after a stride 2 is not one multi-rate convolution; a bias before
-    zero insertion is not shift-invariant.  Both must be refused (never silently wrong),
-    pointing to the affine map (tested against PyTorch in test_affine_map.py)."""
+    zero insertion is not shift-invariant.  The single-operator algebra refuses both,
+    pointing to the affine map; the collapse falls back to the polyphase form (2 phases,
+    tested against PyTorch in test_multirate.py)."""
     rng = np.random.default_rng(5)
     net = Network(1, 1)
     h = net.conv(net.input, rng.normal(size=(1, 1, 3)), stride=2)
     net.set_output(net.upsample(h, 2))
+    ring = net.ring()
     with pytest.raises(ValueError, match="affine"):
-        collapse(net, (1, 9))
+        net.nodes[net.output_name].operator(ring, (1, 4)) @ net.nodes[h.name].operator(ring, (1, 9))
+    result = collapse(net, (1, 9))
+    assert result.polyphase and "2 phases" in result.describe()
     net2 = Network(1, 1)
     h = net2.conv(net2.input, rng.normal(size=(1, 1, 3)), rng.normal(size=1))
     net2.set_output(net2.upsample(h, 2))
-    with pytest.raises(ValueError, match="affine"):
-        collapse(net2, (1, 9))
+    result = collapse(net2, (1, 9))
+    assert result.polyphase and "2 phases" in result.describe()

@@ -100,11 +100,16 @@ def test_64_channel_residual_network_against_torch(dtype, tol):
     assert error < tol
 
 
-def test_numeric_collapse_refuses_transposed_convolution():
+def test_numeric_collapse_falls_back_to_polyphase_like_the_exact_side():
+    """Transposed convolutions collapse (tests/test_numeric_upsample.py); an up-sampling by
+    2 after a stride 2 is not one multi-rate convolution: both twins give the polyphase
+    operator (tests/test_numeric_multirate.py)."""
+    from laurentnet.numeric import PolyphaseOperator
     net = Network(1, 1)
-    net.upsample(net.input, 2)
-    with pytest.raises(ValueError, match="transposed"):
-        collapse_numeric(net, (1, 5))
+    net.set_output(net.upsample(net.conv(net.input, np.full((1, 1, 2), 0.5), stride=2), 2))
+    approx, exact = collapse_numeric(net, (1, 5)), collapse(net, (1, 5))
+    assert approx.polyphase and exact.polyphase
+    assert PolyphaseOperator.from_algebra(exact.operator).allclose(approx.operator, 0, 1e-15)
 
 
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])

@@ -147,3 +147,21 @@ def test_symbolic_weights_stay_exact_in_the_contract():
     op = ConvOperator.symbolic("a", 1, 1, 3, padding=1)
     assert isinstance(op, Operator)
     assert op.to_weight(dtype=object).weight[0, 0, 0] == sympy.Symbol("a_000")
+
+
+def test_both_polyphase_operators_satisfy_one_contract():
+    """The multirate twins: the same members, and the same operator from the same layer."""
+    from laurentnet.algebra import ConvOperator
+    from laurentnet.algebra.polyphase import PolyphaseOperator as ExactPolyphase
+    from laurentnet.algebra.protocols import POLYPHASE_MEMBERS, PolyphaseOperatorLike
+    from laurentnet.numeric.polyphase import PolyphaseOperator as FloatPolyphase
+    w = np.arange(1, 13, dtype=np.float64).reshape(2, 2, 3) / 4
+    exact = ExactPolyphase.from_conv(ConvOperator.from_weight(w, [1, -2], stride=2))
+    float_ = FloatPolyphase.from_conv(KernelOperator.from_weight(w, [1, -2], stride=2))
+    for op in (exact, float_):
+        assert isinstance(op, PolyphaseOperatorLike)
+        missing = [m for m in POLYPHASE_MEMBERS if not hasattr(op, m)]
+        assert not missing, f"{type(op).__name__} lacks {missing}"
+    assert (exact.in_period, exact.out_period) == (float_.in_period, float_.out_period)
+    assert KernelOperator.from_algebra(exact.block).allclose(float_.block, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(exact.bias_mask(), float_.bias_mask())
