@@ -17,10 +17,24 @@ medians of interleaved repeats (A, B, A, B, ...), with the ratio and the error:
 * ``ground-types``: the sympy-ring path with sympy's ``gmpy`` and ``flint`` ground types
   (each in a child process, since sympy fixes them at import; interleaved).
 
-``--json`` prints one object: ``package_over_flint``, ``exact_seconds_package``,
+* ``affine`` (:mod:`peers_affine`): extracting ``W, B`` of the linear ResNet-34 on 1x28x28
+  in float64, ``extract_affine`` against ``torch.func.jacrev`` at equal accuracy, also as
+  FLOPs over the floor (one forward + ``n_out`` adjoints at the dgemm peak measured in the
+  same rounds).  ``speedup_vs_jacrev`` (target >= 2).
+* ``module`` (:mod:`peers_affine`): the collapsed ``AffineModule`` (10 x 784, batch 256,
+  float32) against ``addmm``, ``F.linear``, ``mm`` and the GEMM bound; the kernel evaluators
+  against their bare torch call.  ``affine_module_over_addmm`` (target <= 1.2).
+* ``numeric`` (:mod:`peers_numeric`): the numeric collapse of 8 layers of 3x3 at 256
+  channels against composing the weights with ``F.conv2d``, float64 and float32.
+  ``numeric_speedup_vs_conv2d`` (target >= 2).
+* ``compiled`` (extra, not in the defaults; minutes of compiling): the original network
+  eager and under ``torch.compile`` against the collapsed module.
+
+``--json`` prints one object: ``package_over_flint``, ``speedup_vs_jacrev``,
+``numeric_speedup_vs_conv2d``, ``affine_module_over_addmm``, ``exact_seconds_package``,
 ``exact_seconds_flint``, ``exact_agree``, ``wide_seconds_package`` ... and the errors.
 
-    python benchmarks/peers.py [--rows exact,exact-wide] [--repeats 3] [--json]
+    python benchmarks/peers.py [--rows exact,exact-wide,affine,module,numeric] [--repeats 3] [--json]
 """
 from __future__ import annotations
 
@@ -40,7 +54,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from laurentnet.algebra import Network, collapse, sympy_ground_types  # noqa: E402
 from laurentnet.algebra import flint_operator  # noqa: E402
 
-ROWS = ("exact", "exact-wide", "kernels", "ground-types", "affine", "module", "numeric")
+ROWS = ("exact", "exact-wide", "kernels", "ground-types", "affine", "module", "numeric",
+        "compiled")
 
 
 CPU: dict[str, float] = {}
@@ -243,6 +258,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import peers_affine
         report["module"] = peers_affine.row_module(args)
         report["affine_module_over_addmm"] = report["module"]["affine_module_over_addmm"]
+    if "compiled" in rows:
+        import peers_affine
+        report["compiled"] = peers_affine.row_compiled(args)
     if "numeric" in rows:
         import peers_numeric
         report["numeric"] = peers_numeric.row_numeric(args)
@@ -286,7 +304,7 @@ def table(r: dict[str, Any]) -> str:
         out.append(f"\nsympy-ring collapse (backend=sympy) by ground types: gmpy "
                    f"{g['seconds']['gmpy']:.3f} s, flint {g['seconds']['flint']:.3f} s "
                    f"(flint / gmpy = {g['flint_over_gmpy']:.2f})")
-    if "affine" in r or "module" in r:
+    if "affine" in r or "module" in r or "compiled" in r:
         import peers_affine
         out += ["", *peers_affine.table_lines(r)]
     if "numeric" in r:
@@ -298,7 +316,7 @@ def table(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=lambda s: [x for x in s.split(",") if x],
-                   default=["exact", "exact-wide"], help=f"comma-separated, of {', '.join(ROWS)}")
+                   default=["exact", "exact-wide", "affine", "module", "numeric"], help=f"comma-separated, of {', '.join(ROWS)}")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--channels", type=int, default=8)

@@ -26,7 +26,10 @@ order rotated, ratios = medians of per-round ratios, so a change of load hits al
   ``'gemm'`` :class:`OperatorEvaluator` vs ``F.linear`` on its matrix, ``'fft'`` vs its
   bare rfft-bmm-irfft sequence (``_fft_apply``).
 
-    python benchmarks/peers_affine.py [--rows affine,module] [--repeats 5] [--json]
+* ``compiled`` (extra, not in the default rows) — the original linear network eager and
+  under ``torch.compile`` against the collapsed :class:`AffineModule` on the same batch.
+
+    python benchmarks/peers_affine.py [--rows affine,module,compiled] [--repeats 5] [--json]
 """
 from __future__ import annotations
 
@@ -341,6 +344,48 @@ def row_module(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(saved)
 
 
+def row_compiled(args: argparse.Namespace) -> dict[str, Any]:
+    """The extra row: the original linear network on a batch of ``--affine-batch`` in
+    float32, eager and under ``torch.compile`` (inductor; compile time reported apart),
+    against the collapsed :class:`AffineModule` extracted from it.  When ``torch.compile``
+    cannot run here (no working C++ toolchain, say) the row says why instead."""
+    repeats, seed = getattr(args, "repeats", 5), getattr(args, "seed", 0)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(args.affine_threads)
+    try:
+        model = build_model(args.affine_model, seed)
+        x = torch.randn(args.affine_batch, *IN_SHAPE, generator=torch.Generator().manual_seed(seed))
+        amap = extract_affine(model, IN_SHAPE)
+        module = AffineModule(amap.W, amap.B, IN_SHAPE, (amap.W.shape[0],)).eval()
+        out: dict[str, Any] = {"model": args.affine_model, "batch": args.affine_batch}
+        candidates: dict[str, Callable[[], Any]] = {"eager": lambda: model(x),
+                                                    "AffineModule": lambda: module(x)}
+        try:
+            compiled = torch.compile(model)
+            start = time.perf_counter()
+            with torch.no_grad():
+                y_compiled = compiled(x)
+            out["compile_seconds"] = time.perf_counter() - start
+            candidates["torch.compile"] = lambda: compiled(x)
+        except Exception as exc:  # noqa: BLE001 - an optional peer; the row records why
+            out["compile_unavailable"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            y_compiled = None
+        times = _Timed(candidates, repeats, sample_seconds=0.05)
+        with torch.no_grad():
+            ref = model.double()(x.double())
+            model.float()
+            out["rel_err_vs_float64"] = {"eager": _rel(model(x), ref), "AffineModule": _rel(module(x), ref)}
+            if y_compiled is not None:
+                out["rel_err_vs_float64"]["torch.compile"] = _rel(y_compiled, ref)
+        out.update({"threads": times.threads, "repeats": repeats, "seconds": dict(times.median),
+                    "eager_over_module": times.ratio("eager", "AffineModule")})
+        if "torch.compile" in candidates:
+            out["compiled_over_module"] = times.ratio("torch.compile", "AffineModule")
+        return out
+    finally:
+        torch.set_num_threads(saved)
+
+
 def table_lines(report: dict[str, Any]) -> list[str]:
     """The rows of ``report`` (keys ``affine`` and/or ``module``) as text lines."""
     lines: list[str] = []
@@ -406,20 +451,32 @@ def table_lines(report: dict[str, Any]) -> list[str]:
                      + " (CPU: " + ", ".join(f"{v:.2f}" for v in e["over_bare_cpu"].values()) + ")"
                      + "; rel. errors vs float64 conv2d: "
                      + ", ".join(f"{k} {v:.1e}" for k, v in e["rel_err_vs_float64_conv2d"].items()))
+    if "compiled" in report:
+        r = report["compiled"]
+        lines.append(f"\nthe original linear {r['model']} on a batch of {r['batch']} (float32, "
+                     f"{r.get('threads', '?')} thread(s)) against the collapsed AffineModule")
+        if "compile_unavailable" in r:
+            lines.append(f"  torch.compile unavailable here: {r['compile_unavailable']}")
+        lines.append(f"  {'path':<36}{'ms':>10}{'/ module':>10}{'rel err':>10}")
+        for key, sec in r["seconds"].items():
+            lines.append(f"  {key:<36}{1e3 * sec:>10.3f}{sec / r['seconds']['AffineModule']:>10.1f}"
+                         f"{r['rel_err_vs_float64'][key]:>10.1e}")
+        if "compile_seconds" in r:
+            lines.append(f"  (torch.compile's first call, compiling: {r['compile_seconds']:.1f} s)")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=lambda s: [x for x in s.split(",") if x], default=["affine", "module"],
-                   help="comma-separated, of affine, module")
+                   help="comma-separated, of affine, module, compiled")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     add_arguments(p)
     args = p.parse_args(argv)
-    if set(args.rows) - {"affine", "module"}:
-        p.error(f"unknown rows {sorted(set(args.rows) - {'affine', 'module'})}")
+    if set(args.rows) - {"affine", "module", "compiled"}:
+        p.error(f"unknown rows {sorted(set(args.rows) - {'affine', 'module', 'compiled'})}")
     report: dict[str, Any] = {}
     if "affine" in args.rows:
         report["affine"] = row_affine(args)
@@ -431,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         report["affine_module_over_addmm"] = report["module"]["affine_module_over_addmm"]
         report["affine_module_over_gemm_bound"] = report["module"]["affine_module_over_gemm_bound"]
         report["affine_module_rel_err"] = report["module"]["module_rel_err_vs_float64"]
+    if "compiled" in args.rows:
+        report["compiled"] = row_compiled(args)
     print(json.dumps(report, default=float) if args.json else "\n".join(table_lines(report)))
     return 0
 

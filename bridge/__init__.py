@@ -74,6 +74,6 @@ from .border_module import (BorderCorrectedConv, StripLayers, border_corrected_e
                             border_module)
 
 __all__ += ["BorderCorrectedConv", "StripLayers", "border_corrected_exit", "border_module"]
-from .polyphase_module import PolyphaseConv, polyphase_module
+from .polyphase_module import PolyphaseConv, polyphase_module, traced_polyphase
 
-__all__ += ["PolyphaseConv", "polyphase_module"]
+__all__ += ["PolyphaseConv", "polyphase_module", "traced_polyphase"]

@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from ..algebra.network import Add, AvgPool, ChannelAffine, Concat, Conv, Input, Network, Split
 from ..numeric.border import BorderPiece, BorderPlan, border_plan
+from .traced import traced_module
 
 __all__ = ["StripLayers", "BorderCorrectedConv", "border_module", "border_corrected_exit"]
 
@@ -209,8 +210,7 @@ def border_module(merged: Any, dtype: torch.dtype) -> fx.GraphModule:
         weight.to(dtype), None if merged.bias is None else merged.bias.to(dtype),
         merged.stride, merged.dilation, merged.groups, padding, merged.input_shape,
         merged.border_plan, StripLayers(merged.border_network, dtype))
-    traced = fx.symbolic_trace(module)
-    return fx.GraphModule(traced, traced.graph, class_name="BorderCorrectedConv").eval()
+    return traced_module(module, "BorderCorrectedConv")
 
 
 def border_corrected_exit(merged: Any, network: Network) -> Any:

@@ -17,7 +17,11 @@ finds its linear layers (:mod:`bridge.linear_ops`) and their maximal single-inpu
   exact at every position at a cost that grows like the image; refused with the exact
   region only when the layers have no strips (global pools, mixed circular padding).
   ``allow_inexact=True`` returns the bare kernel instead (it agrees with the model on its
-  region, :attr:`Conversion.region`);
+  region, :attr:`Conversion.region`).  A multirate model (a stride then a transposed conv
+  or nearest up-sampling) has no single strided kernel: its "convolution" is a
+  ``PolyphaseConv`` (pixel-unshuffle, one stride-1 conv of ``M`` phases, pixel-shuffle;
+  :mod:`bridge.convert_merge`), not border-corrected (refused with its region unless
+  ``allow_inexact``);
 * ``"partial"`` — every maximal linear segment between kept ops (ReLU, max pooling, gates,
   ...) merged into one convolution per exit where the merge is EXACT for the traced input
   size and cheaper in multiply-adds than the segment's layers (``merge_slower=True``

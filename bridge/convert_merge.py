@@ -21,6 +21,16 @@ to ``y = down_s K(z) X + b`` with the region where that equals the layers:
 * otherwise **inexact**: exact only on ``region`` (reported; merged only with
   ``allow_inexact``).
 
+A **multirate** exit (a stride then an up-sampling — ``ConvTranspose``, nearest
+up-sampling — with ``gcd(u, s) != 1``, a bias before zero insertion, branches of different
+rates) collapses to a polyphase operator, or to a kernel with an up-sampling: no single
+``nn.ConvNd`` computes it.  At its least periods ``P``, ``Q`` it is emitted as a
+``PolyphaseConv`` (:mod:`bridge.polyphase_module`: pixel-unshuffle by ``P``, one stride-1
+conv holding the ``M = prod Q`` phase convolutions, pixel-shuffle by ``Q``), with the same
+three exactness cases (everywhere, up to a bias map, inexact); when the rates cancel
+(``down_s K up_s``, shift-invariant) it is one ordinary convolution.  Periodic multirate
+exits are refused.
+
 The emitted kernel keeps the structure torch can exploit: a block-diagonal kernel becomes a
 grouped convolution (depthwise when every channel is its own group), taps on a lattice a
 dilated one; an exit with a single output position (flat features, a classifier head)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..algebra.errors import InvalidInputError, InvalidTypeError
+from .traced import traced_module
 from ..algebra.polyphase import PolyphaseLayout, PolyphaseOperator
 
 __all__ = ["PolyphaseConv", "polyphase_module", "traced_polyphase"]
@@ -124,6 +125,4 @@ def traced_polyphase(layout: PolyphaseLayout, input_size: Sequence[int],
     ``GraphModule`` (``class_name="PolyphaseConv"``: ``F.pad``, reshapes, permutes and one
     ``nn.Conv{n}d``), so a converted model holding it pickles and exports without
     laurentnet's classes."""
-    module = PolyphaseConv(layout, input_size, output_size, dtype).eval()
-    traced = fx.symbolic_trace(module)
-    return fx.GraphModule(traced, traced.graph, class_name="PolyphaseConv").eval()
+    return traced_module(PolyphaseConv(layout, input_size, output_size, dtype), "PolyphaseConv")

@@ -314,3 +314,21 @@ def test_cli_collapse_kernel_is_exact_and_reports_the_split(tmp_path: Path, caps
     assert main(["verify", str(source), str(out), "--json"]) == 0      # the written file
     check = json.loads(capsys.readouterr().out)
     assert check["ok"] and check["where"] == "every output"
+
+
+def test_border_corrected_module_pickles_without_laurentnet_classes():
+    """The emitted module is a plain-torch graph: it pickles, and the bytes name no
+    laurentnet class."""
+    import pickle
+    import torch.nn as nn
+    from laurentnet.bridge import convert
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 3, padding=1,
+                                                                   padding_mode="reflect")).double().eval()
+    x = torch.randn(1, 2, 40, 40, dtype=torch.float64)   # large enough for strips
+    converted = convert(model, x, mode="kernel").module
+    assert "BorderCorrectedConv" in [type(m).__name__ for m in converted.children()]
+    data = pickle.dumps(converted)
+    assert b"laurentnet" not in data
+    with torch.no_grad():
+        torch.testing.assert_close(pickle.loads(data)(x), model(x), rtol=1e-10, atol=1e-10)
