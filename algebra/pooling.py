@@ -45,13 +45,11 @@ __all__ = ["AxisWindows", "PoolWindows", "StridedPool", "pool_output_size", "avg
 def pool_output_size(n: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
     """PyTorch's output size of an average (or max) pool along one axis (module docstring);
     at most 0 when the kernel does not fit."""
-    span = n + 2 * p - k
-    if span < 0:
-        return 0
-    out = (-(-span // s) if ceil_mode else span // s) + 1
+    span = n + 2 * p - k  # negative: the kernel overhangs the padded input
+    out = ((span + s - 1) // s if ceil_mode else span // s) + 1  # floor division, as torch
     if ceil_mode and s * (out - 1) - p >= n:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 @dataclass(frozen=True)

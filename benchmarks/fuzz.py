@@ -1,46 +1,66 @@
 """Fuzz every collapse path of laurentnet against an independent PyTorch reference.
 
 Each network is a random linear program (:class:`Spec`) drawn from ``(seed, index)``
-alone, so ``--replay SEED:INDEX`` rebuilds it bit for bit.  Four families:
+alone, so ``--replay SEED:INDEX`` rebuilds it bit for bit.  Five families:
 
 * ``chain``      — convs with every padding mode (zeros/reflect/replicate/circular, valid,
   ``'same'``, symmetric or asymmetric), strides, dilation, groups; residual blocks, summed
   branches, long skips, concat/split/channel slices, batch norm, per-channel affine,
-  scalar multiples, average pooling (with/without ``count_include_pad``, padded),
-  global average pooling; 1-D, 2-D and 3-D;
+  scalar multiples, average pooling (padded, ``count_include_pad`` on or off,
+  ``ceil_mode``, ``divisor_override``), adaptive average pooling (output sizes that divide
+  the input or not), global average pooling; 1-D, 2-D and 3-D;
 * ``periodic``   — all-circular, size-keeping networks (strides dividing the sizes,
   non-overlapping pools): collapse must detect them and be exact everywhere;
-* ``multirate``  — the chain plus transposed convs and zero-insertion up-sampling, mostly
-  kept collapsible (coprime rates, no bias before an up-sampling), sometimes not (the
-  exact collapse must then refuse clearly);
+* ``multirate``  — the chain plus transposed convs and zero-insertion up-sampling; half
+  kept one strided kernel (coprime rates, no bias before an up-sampling), half built
+  around the patterns that collapse to a polyphase operator: up-sampling after a stride
+  with ``gcd(u, s) != 1``, a bias before up-sampling, and sums of branches with different
+  rates (``x + down_s K up_u x``).  A sum of branches whose rates ``S/U`` differ has no
+  collapse: the collapses must refuse it;
 * ``classifier`` — a chain, maybe a global pool, then flatten and one or two linear layers
-  (only the affine paths accept it).
+  (only the affine paths accept it);
+* ``kernels``    — zero-padded chains of wide, dilated convs (1-D: kernels up to 7,
+  dilation 3, sizes 12-40), so that the composed kernels span every product method.
+
+Each network also draws the collapses' ``tight=`` argument (``"auto"``, ``True`` or
+``False``).
 
 Sizes stay small so that sympy's exact paths are fast: 1-4 channels, spatial sizes 3-9
 (up to 12 inside a 1-D network; 3-D inputs 3-4, at most 5 inside), depth 1-4 blocks,
 kernels 1-3, strides and dilations 1-3, paddings 0-3.  Weights are small rationals
 (``Fraction(p, q)``, ``|p| <= 6``, ``q`` in {1, 2, 3, 4, 5, 8}, a few exact zeros) handed
 to the package exactly (the reference gets each rounded once to float64); batch-norm
-statistics are the floats of small rationals.  Five paths are run on every network:
+statistics are the floats of small rationals.  Six paths are run on every network:
 
 ================ ============================================================================
 path             what is compared (``TOL`` = 1e-9 relative to the largest reference value)
 ================ ============================================================================
 exact_affine     ``algebra.collapse_affine``: ``W`` and ``B`` (each entry rounded once)
-                 equal the reference's within ``TOL``.
+                 equal the reference's within ``TOL``; on small networks (at most
+                 ``EXACT_REFERENCE_INPUTS`` inputs) they also equal
+                 :func:`exact_reference` — the program in exact fractions by explicit
+                 index sums — as rationals.
 exact_collapse   ``algebra.collapse``: the exact operator written out as a matrix on the
                  output window (``y[o,i] = b_o + sum K_oc[s i - u j] x[c,j]``, modulo the
                  size when periodic; :func:`operator_matrix`, not the package's ``apply``):
                  at every position of the region its rows equal the reference's within
                  ``TOL`` and the exact affine map's rows *exactly* (rational equality); the
                  package's ``CollapseResult.apply(x)`` is checked on the region too when it
-                 is cheap.  Positions outside the region whose rows all equal the reference
-                 are counted as ``region_not_tight`` (not a mismatch).  A periodic network
-                 is also collapsed with ``periodic=False`` and checked the same way.
+                 is cheap.  A polyphase operator is written out by its phases
+                 (:func:`polyphase_matrix`).  Positions outside the region whose rows all
+                 equal the reference are counted as ``region_not_tight`` (not a mismatch),
+                 except that a region tight "for these weights" must be exactly the
+                 positions whose rows equal the exact affine map's as rationals, and
+                 ``tight=True`` / ``False`` must give / not give such a region.  A periodic
+                 network is also collapsed with ``periodic=False`` and checked the same way.
 numeric_collapse ``numeric.collapse_numeric``: ``NumericCollapse.apply`` on the identity
                  batch (every unit input and 0; on inputs larger than
                  ``IDENTITY_BATCH_MAX``, on ``SAMPLES`` random inputs) gives the rows of
-                 ``W`` and ``B`` at the region's positions: within ``TOL`` of the reference.
+                 ``W`` and ``B`` at the region's positions: within ``TOL`` of the reference;
+                 a region tight for these weights equals the exact one.
+numeric_methods  the numeric collapse once per ``polymatmul`` method (``dft``, ``fft``,
+                 ``taps``, ``conv``, forced for every kernel product), each checked as
+                 ``numeric_collapse``; the products per method are counted.
 affine_vjp       ``numeric.affine_numeric(method="vjp")``: ``W``, ``B`` vs the reference.
 affine_jvp       ``numeric.affine_numeric(method="jvp")``: ``W``, ``B`` vs the reference.
 ================ ============================================================================
@@ -49,16 +69,18 @@ The reference never touches the package's own evaluator (``NetworkModule``): it 
 torch layers from the same random parameters, layer by layer in float64 —
 ``nn.Conv{n}d(padding_mode=...)`` for symmetric and ``'same'`` padding, ``F.pad(mode)`` then
 ``F.conv{n}d`` for asymmetric padding, ``F.conv_transpose{n}d``, explicit zero insertion,
-``F.batch_norm(training=False)``, ``F.avg_pool{n}d``, ``mean``, ``torch.cat``/slicing,
+``F.batch_norm(training=False)``, ``F.avg_pool{n}d`` (a 1-D ``divisor_override`` through
+``F.avg_pool2d``), ``F.adaptive_avg_pool{n}d``, ``mean``, ``torch.cat``/slicing,
 ``flatten``, ``F.linear`` — with the shapes from PyTorch's size formulas.  Its ``W`` and
 ``B`` are ``f(e_j) - f(0)`` and ``f(0)`` on the identity batch.
 
 A path that refuses a network with a package error (``LaurentnetError``) or one of the
-documented refusals (:data:`DOCUMENTED_REFUSALS`: flatten/linear in a collapse, rates that
-are not one multi-rate convolution, transposed convs in the numeric collapse) counts as
-``refused``.  Any other exception is a crash and counts as a mismatch, with its traceback
-summary.  Each path call has a time limit (``--path-timeout``): a path over it counts as a
-``timeout``, reported apart from mismatches.
+documented refusals (:data:`DOCUMENTED_REFUSALS`: flatten/linear in a collapse, branches
+with different rates) counts as ``refused``; a refusal of a network the path should accept
+(:func:`expected_to_accept`) is listed apart.  Any other exception is a crash and counts
+as a mismatch, with its traceback summary.  Each path call has a time limit
+(``--path-timeout``): a path over it counts as a ``timeout``, reported apart from
+mismatches.
 
     python benchmarks/fuzz.py [--seconds 120] [--seed S] [--max-networks N] [--json]
     python benchmarks/fuzz.py --replay SEED:INDEX
@@ -600,13 +622,16 @@ class _Builder:
         return self.emit("conv_transpose", (v,), params, [(c, *out)])[0]
 
     def rate_sum(self, v: int) -> int:
-        """``v + down_s K up_u v`` (``s = u``, or other rates with the same size): a sum of
-        branches with different rates."""
+        """``v + down_s K up_u v`` (``s = u``, or other rates with the same size) or
+        ``v + K2 up_s K1 down_s v``: a sum of branches with different rates (the first is
+        one kernel again, the second periodically shift-varying)."""
         c, *n = self.shape(v)
-        factor = self.axes((1, 2, 2, 3))
+        if self.rng.random() < 0.4:
+            return self._down_up_sum(v)
+        factor = self.axes((1, 2, 2, 3) if self.ndim < 3 else (1, 2))
         if all(u == 1 for u in factor):
             factor = (2,) + factor[1:]
-        if max(m * u for m, u in zip(n, factor)) > 3 * self.max_size:
+        if max(m * u for m, u in zip(n, factor)) > 2 * self.max_size:
             return self.conv(v)
         up = self._up(v, factor)
         stride = tuple(u if self.rng.random() < 0.7 else max(1, u - 1) for u in factor)
@@ -614,6 +639,21 @@ class _Builder:
         if back < 0:
             return up if max(self.shape(up)[1:]) <= self.max_size else self.conv(v)
         return self.add((v, back))
+
+    def _down_up_sum(self, v: int) -> int:
+        """``v + K2 up_s (K1 down_s v)`` with the size of ``v`` (``-> conv`` if none fits)."""
+        c, *n = self.shape(v)
+        stride = tuple(s if m >= 2 * s else 1 for m, s in zip(n, self.axes((2, 2, 3))))
+        if all(s == 1 for s in stride):
+            return self.conv(v)
+        down = self.conv_matching(v, self.rng.randint(1, 3),
+                                  tuple(conv_out(m, 1, s, 1, 0, 0) for m, s in zip(n, stride)),
+                                  stride)
+        if down < 0:
+            return self.conv(v)
+        up = self._up(down, stride)
+        back = self.conv_matching(up, c, tuple(n), (1,) * self.ndim)
+        return self.add((v, back)) if back >= 0 else up
 
     def bias_upsample(self, v: int) -> int:
         """A biased conv, then up-sampling: the bias becomes periodic over the phases."""
@@ -714,30 +754,36 @@ def _periodic(b: _Builder, depth: int) -> int:
 
 
 #: the ``kernels`` family per dimension: input sizes, kernel sizes, dilations, depth
-KERNEL_FAMILY = {1: ((8, 24), (1, 3, 5, 7), (1, 2, 3), (2, 5)),
-                 2: ((4, 8), (1, 2, 3, 4, 5), (1, 2), (2, 3)),
-                 3: ((3, 4), (1, 2, 3), (1, 2), (2, 2))}
+KERNEL_FAMILY = {1: ((12, 40), (1, 3, 5, 7), (1, 2, 3), (2, 5)),
+                 2: ((5, 10), (1, 2, 3, 4, 5), (1, 2), (2, 3)),
+                 3: ((3, 5), (1, 2, 3), (1, 2), (2, 2))}
 
 
 def _kernels(b: _Builder, depth: int) -> int:
-    """Zero-padded convs with wide, dilated kernels and 1-4 channels (sometimes strided,
-    sometimes depthwise), so that the composed kernels reach every product method of
-    :func:`~laurentnet.numeric.polymatmul.polymatmul` (1-D chains pass 48 taps: ``'fft'``)."""
+    """Valid (mostly) or zero-padded convs with wide, dilated kernels and 1-4 channels
+    (sometimes strided, sometimes depthwise), so that the composed kernels reach every
+    product method of :func:`~laurentnet.numeric.polymatmul.polymatmul` (1-D chains pass
+    48 taps: ``'fft'``); valid convs keep the region non-empty."""
     rng, ndim = b.rng, b.ndim
     _, ks, ds, _ = KERNEL_FAMILY[ndim]
     v = 0
     for _ in range(depth):
         c, *n = b.shape(v)
-        kernel, dilation = b.axes(ks), b.axes(ds)
-        cout = rng.randint(1, 4)
-        stride = (1,) * ndim if rng.random() < 0.8 else b.axes((1, 2))
-        pairs = same_pairs(kernel, dilation) if rng.random() < 0.7 else \
-            tuple((rng.randint(0, d * (k - 1)), rng.randint(0, d * (k - 1)))
-                  for k, d in zip(kernel, dilation))
-        out = tuple(conv_out(m, k, s, d, l, r) for m, k, s, d, (l, r)
-                    in zip(n, kernel, stride, dilation, pairs))
-        if min(out) < 1 or max(out) > b.max_size:
+        for _attempt in range(6):
+            kernel, dilation = b.axes(ks), b.axes(ds)
+            stride = (1,) * ndim if rng.random() < 0.8 else b.axes((1, 2))
+            style = rng.random()
+            pairs = ((0, 0),) * ndim if style < 0.6 else same_pairs(kernel, dilation) \
+                if style < 0.8 else tuple((rng.randint(0, d * (k - 1) // 2),
+                                           rng.randint(0, d * (k - 1) // 2))
+                                          for k, d in zip(kernel, dilation))
+            out = tuple(conv_out(m, k, s, d, l, r) for m, k, s, d, (l, r)
+                        in zip(n, kernel, stride, dilation, pairs))
+            if min(out) >= 1 and max(out) <= b.max_size:
+                break
+        else:
             continue
+        cout = rng.randint(1, 4)
         groups = b.groups(c, cout)
         params = dict(weight=b.weights(cout, c // groups, *kernel), bias=b.maybe_bias(cout),
                       stride=stride, padding=pairs, pairs=pairs, dilation=dilation,
@@ -1010,6 +1056,212 @@ def reference(spec: Spec) -> Reference:
                      out[1 + n_in:].reshape(SAMPLES, *spec.output_shape))
 
 
+# -- the exact reference (small networks) ---------------------------------------------------
+#: the exact reference runs when the input has at most this many entries and every value
+#: at most ``EXACT_REFERENCE_MAX`` rational coefficients
+EXACT_REFERENCE_INPUTS = 48
+EXACT_REFERENCE_MAX = 150_000
+
+
+def _fr(value: Any) -> Fraction:
+    return Fraction(value) if not isinstance(value, float) else Fraction(*value.as_integer_ratio())
+
+
+def _pad_index(n: int, left: int, right: int, mode: str) -> np.ndarray:
+    """Source index of every padded position ``-left .. n + right - 1`` (``-1``: a zero),
+    by PyTorch's rule for ``mode``."""
+    out = []
+    for i in range(-left, n + right):
+        if 0 <= i < n:
+            out.append(i)
+        elif mode == "zeros":
+            out.append(-1)
+        elif mode == "replicate":
+            out.append(min(max(i, 0), n - 1))
+        elif mode == "circular":
+            out.append(i % n)
+        else:  # reflect: mirror about the edge samples
+            out.append(-i if i < 0 else 2 * (n - 1) - i)
+    return np.array(out)
+
+
+def _take(x: np.ndarray, axis: int, index: np.ndarray) -> np.ndarray:
+    """``x`` gathered along ``axis`` at ``index`` (``-1`` gives zeros)."""
+    out = np.take(x, np.maximum(index, 0), axis=axis)
+    if (index < 0).any():
+        where = [slice(None)] * x.ndim
+        where[axis] = np.nonzero(index < 0)[0]
+        out[tuple(where)] = Fraction(0)
+    return out
+
+
+def _exact_conv(x: np.ndarray, p: dict[str, Any], ndim: int) -> np.ndarray:
+    """``y[o, i] = b_o + sum_{c, a} w[o, c, a] xpad[c, s i + d a]`` (groups split the
+    channels), on the padded input, by index sums."""
+    w, g = p["weight"], p["groups"]
+    for axis, (l, r) in enumerate(p["pairs"]):
+        x = _take(x, axis + 1, _pad_index(x.shape[axis + 1], l, r, p["mode"]))
+    cout, cin_g, *k = w.shape
+    n = x.shape[1:1 + ndim]
+    out_size = [(m - d * (kk - 1) - 1) // s + 1 for m, kk, s, d in
+                zip(n, k, p["stride"], p["dilation"])]
+    y = np.full((cout, *out_size, x.shape[-1]), Fraction(0), dtype=object)
+    per = cout // g
+    for o in range(cout):
+        group = o // per
+        for c in range(cin_g):
+            for a in np.ndindex(*k):
+                if not w[(o, c, *a)]:
+                    continue
+                box = tuple(slice(d * aa, d * aa + s * (oo - 1) + 1, s) for aa, s, d, oo in
+                            zip(a, p["stride"], p["dilation"], out_size))
+                y[o] += w[(o, c, *a)] * x[(group * cin_g + c, *box)]
+    if p["bias"] is not None:
+        y[..., -1] += np.asarray(p["bias"], dtype=object).reshape(-1, *(1,) * ndim)
+    return y
+
+
+def _exact_conv_transpose(x: np.ndarray, p: dict[str, Any], ndim: int) -> np.ndarray:
+    """``y[o, s i - p + d a] += w[c, o, a] x[c, i]`` (groups split the channels), cropped
+    to PyTorch's output size."""
+    w, g = p["weight"], p["groups"]
+    cin, cout_g, *k = w.shape
+    n = x.shape[1:1 + ndim]
+    full = [(m - 1) * s + d * (kk - 1) + 1 + op for m, s, d, kk, op in
+            zip(n, p["stride"], p["dilation"], k, p["output_padding"])]
+    y = np.full((cout_g * g, *full, x.shape[-1]), Fraction(0), dtype=object)
+    per = cin // g
+    for c in range(cin):
+        group = c // per
+        for o in range(cout_g):
+            for a in np.ndindex(*k):
+                if not w[(c, o, *a)]:
+                    continue
+                box = tuple(slice(d * aa, d * aa + s * (m - 1) + 1, s) for aa, s, d, m in
+                            zip(a, p["stride"], p["dilation"], n))
+                y[(group * cout_g + o, *box)] += w[(c, o, *a)] * x[c]
+    crop = tuple(slice(pp, f - pp) for pp, f in zip(p["padding"], full))
+    y = y[(slice(None), *crop)]
+    if p["bias"] is not None:
+        y[..., -1] += np.asarray(p["bias"], dtype=object).reshape(-1, *(1,) * ndim)
+    return y
+
+
+def _pool_windows(n: int, p: dict[str, Any], axis: int) -> list[tuple[range, int]]:
+    """PyTorch's windows along one axis: ``(input positions read, divisor factor)``
+    (``avg_pool``: start ``s i - p``, end ``min(start + k, n + p)``, ``ceil_mode`` drops a
+    window starting in the right padding; ``adaptive``: ``[floor(i n/o), ceil((i+1) n/o))``)."""
+    if "output_size" in p:
+        o = p["output_size"][axis]
+        return [(range(i * n // o, -(-((i + 1) * n) // o)),) * 2 for i in range(o)]
+    k, pad = p["kernel"][axis], p["padding"][axis]
+    s = (p["stride"] or p["kernel"])[axis]
+    span = n + 2 * pad - k
+    out = (-(-span // s) if p.get("ceil_mode") else span // s) + 1
+    if p.get("ceil_mode") and s * (out - 1) >= n + pad:
+        out -= 1
+    windows = []
+    for i in range(out):
+        a, b = s * i - pad, min(s * i - pad + k, n + pad)
+        inside = range(max(a, 0), min(b, n))
+        windows.append((inside, range(a, b) if p["count_include_pad"] else inside))
+    return windows
+
+
+def _exact_pool(x: np.ndarray, p: dict[str, Any], ndim: int) -> np.ndarray:
+    """Average pooling by window sums, divided by ``divisor_override`` or the product of
+    the per-axis counts."""
+    counts = []
+    for axis in range(ndim):
+        windows = _pool_windows(x.shape[axis + 1], p, axis)
+        parts = []
+        for inside, counted in windows:
+            part = np.take(x, list(inside), axis=axis + 1).sum(axis=axis + 1, keepdims=True) \
+                if len(inside) else np.take(x, [0], axis=axis + 1) * 0
+            parts.append(part)
+        x = np.concatenate(parts, axis=axis + 1)
+        counts.append([len(counted) for _, counted in windows])
+    divisor = p.get("divisor_override")
+    grid = np.ones([len(c) for c in counts], dtype=object)
+    for axis, c in enumerate(counts):
+        grid = grid * np.array(c, dtype=object).reshape([-1 if a == axis else 1
+                                                         for a in range(ndim)])
+    if divisor is not None:
+        grid[...] = divisor
+    return x / np.vectorize(Fraction, otypes=[object])(grid)[None, ..., None]
+
+
+def _exact_op(op: Op, xs: list[np.ndarray], ndim: int) -> list[np.ndarray]:
+    """One layer on exact affine functions (last axis: input coefficients, then 1)."""
+    p = op.params
+    if op.kind == "conv":
+        return [_exact_conv(xs[0], p, ndim)]
+    if op.kind == "conv_transpose":
+        return [_exact_conv_transpose(xs[0], p, ndim)]
+    if op.kind == "upsample":
+        c, *n, f = xs[0].shape
+        y = np.full((c, *((m - 1) * u + 1 for m, u in zip(n, p["factor"])), f), Fraction(0),
+                    dtype=object)
+        y[(slice(None), *(slice(None, None, u) for u in p["factor"]))] = xs[0]
+        return [y]
+    if op.kind in ("avg_pool", "adaptive_avg_pool"):
+        return [_exact_pool(xs[0], p, ndim)]
+    if op.kind == "global_avg_pool":
+        n = int(np.prod(xs[0].shape[1:-1]))
+        return [xs[0].sum(axis=tuple(range(1, 1 + ndim)), keepdims=True) / Fraction(n)]
+    if op.kind in ("batch_norm", "channel_affine"):
+        if op.kind == "batch_norm":  # the documented float64 factor, taken exactly
+            scale = [_fr(g / math.sqrt(v + p["eps"])) for g, v in zip(p["gamma"], p["var"])]
+            shift = [_fr(b) - _fr(m) * a for b, m, a in zip(p["beta"], p["mean"], scale)]
+        else:
+            scale, shift = p["scale"], p["shift"]
+        shape = (-1, *(1,) * (ndim + 1))
+        y = xs[0] * np.array(scale, dtype=object).reshape(shape)
+        if shift is not None:
+            y[..., -1] += np.array(shift, dtype=object).reshape(shape[:-1])
+        return [y]
+    if op.kind == "add":
+        c = p["coefficients"] or (1,) * len(xs)
+        return [sum((Fraction(ci) * x for ci, x in zip(c[1:], xs[1:])), Fraction(c[0]) * xs[0])]
+    if op.kind == "concat":
+        return [np.concatenate(xs, axis=0)]
+    if op.kind == "split":
+        return list(np.split(xs[0], np.cumsum(p["sizes"])[:-1], axis=0))
+    if op.kind == "channels_slice":
+        return [xs[0][p["start"]:p["stop"]]]
+    if op.kind == "flatten":
+        return [xs[0].reshape(-1, xs[0].shape[-1])]
+    if op.kind == "linear":
+        w = np.asarray(p["weight"], dtype=object)
+        y = w.dot(xs[0])
+        if p["bias"] is not None:
+            y[:, -1] += np.asarray(p["bias"], dtype=object)
+        return [y]
+    raise AssertionError(op.kind)  # pragma: no cover
+
+
+def exact_reference_fits(spec: Spec) -> bool:
+    """Whether :func:`exact_reference` is cheap for ``spec`` (small input and values)."""
+    n_in = int(np.prod(spec.input_shape))
+    return n_in <= EXACT_REFERENCE_INPUTS and \
+        max(int(np.prod(s)) for s in spec.shapes) * (n_in + 1) <= EXACT_REFERENCE_MAX
+
+
+def exact_reference(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """``W``, ``B`` of the program in exact fractions, layer by layer by explicit index
+    sums on affine functions of the input (independent of torch and of the package)."""
+    n_in = int(np.prod(spec.input_shape))
+    basis = np.zeros((n_in, n_in + 1), dtype=object)
+    basis[...] = Fraction(0)
+    for j in range(n_in):
+        basis[j, j] = Fraction(1)
+    values = [basis.reshape(*spec.input_shape, n_in + 1)]
+    for op in spec.ops:
+        values.extend(_exact_op(op, [values[i] for i in op.inputs], spec.ndim))
+    out = values[spec.output].reshape(-1, n_in + 1)
+    return out[:, :-1], out[:, -1]
+
+
 # -- running the paths ---------------------------------------------------------------------
 class PathTimeout(BaseException):
     """A path ran over its time limit (a BaseException: no ``except Exception`` eats it)."""
@@ -1094,6 +1346,9 @@ class NetworkReport:
     unexpected: list[str] = field(default_factory=list)  # paths that refused unexpectedly
     region_differs: bool = False  # numeric and exact regions differ (information only)
     products: Counter = field(default_factory=Counter)  # polymatmul calls per forced method
+    polyphase: bool = False  # the exact collapse is a polyphase operator
+    region_positions: int = 0  # output positions in the exact collapse's region
+    exact_reference: bool = False  # the exact affine map was checked against fractions
 
     @property
     def mismatches(self) -> list[Outcome]:
@@ -1140,6 +1395,13 @@ def _as_float(value: Any) -> float:
     if isinstance(value, sympy.Rational):
         return int(value.p) / int(value.q)
     return int(value.numerator) / int(value.denominator)
+
+
+def _fraction(value: Any) -> Fraction:
+    """A ``QQ`` element (gmpy or Python rational) or a sympy ``Rational`` as a Fraction."""
+    if isinstance(value, sympy.Rational):
+        return Fraction(int(value.p), int(value.q))
+    return Fraction(int(value.numerator), int(value.denominator))
 
 
 def exact_to_float(amap: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -1269,7 +1531,7 @@ def expected_to_accept(spec: Spec, path: str) -> bool:
 
 
 class Runner:
-    """Runs the five paths on one network and checks each against the reference."""
+    """Runs the six paths on one network and checks each against the reference."""
 
     def __init__(self, spec: Spec, path_timeout: float):
         self.spec, self.timeout = spec, path_timeout
@@ -1312,7 +1574,21 @@ class Runner:
         _check_shape("input shape", amap.input_shape, self.spec.input_shape)
         _check_shape("output shape", amap.output_shape, self.spec.output_shape)
         _check_map(*exact_to_float(amap), self.ref)
+        if exact_reference_fits(self.spec):
+            self._check_exact_reference(amap)
         self.exact_map = amap
+
+    def _check_exact_reference(self, amap: Any) -> None:
+        """On a small network, ``W`` and ``B`` equal :func:`exact_reference` as rationals."""
+        W, B = exact_reference(self.spec)
+        Wa, Ba = (np.vectorize(_fraction, otypes=[object])(a) for a in dense_exact(amap))
+        for name, got, want in (("W", Wa, W), ("B", Ba, B)):
+            bad = np.argwhere(got != want)
+            if len(bad):
+                at = tuple(int(i) for i in bad[0])
+                raise _Mismatch(f"{name} != the exact reference (fractions) at {len(bad)} "
+                                f"entries, first {at}: got {got[at]}, reference {want[at]}")
+        self.report.exact_reference = True
 
     def _path_exact_collapse(self) -> None:
         """The detected semantics; for a periodic network also the zero-extended one
@@ -1321,6 +1597,8 @@ class Runner:
         not_tight = self._check_exact_result(result)
         self._check_tight_setting(result)
         self.exact_collapse = result
+        self.report.polyphase = bool(result.polyphase)
+        self.report.region_positions = int(result.region.sum())
         self.report.periodic_missed = self.spec.family == "periodic" and not result.periodic
         if result.periodic:
             self.exact_equal = None  # the numeric collapse is periodic too
@@ -1332,8 +1610,10 @@ class Runner:
     def _check_exact_result(self, result: Any) -> int:
         """Rows of the operator's matrix at the region's positions: within ``TOL`` of the
         reference, and equal to the exact affine map's rows as rationals.  Also the
-        package's own ``result.apply`` at ``x`` when that is cheap.  Returns how many
-        positions outside the region have every row equal (not tight)."""
+        package's own ``result.apply`` at ``x`` when that is cheap.  A region tight for
+        these weights must leave out only positions where some row differs from the exact
+        affine map's.  Returns how many positions outside the region have every row equal
+        to the reference's (not tight)."""
         self._check_result_shapes(result)
         ref, out_shape = self.ref, self.spec.output_shape
         W, Wf, B, Bf = operator_matrix(result.operator, self.spec.input_shape, out_shape,
@@ -1402,12 +1682,14 @@ class Runner:
         kernel product of the walk; ``tight=False``), each checked as in
         :meth:`_check_numeric`; the products per method are counted."""
         for method in PRODUCT_METHODS:
-            with forced_product_method(method, self.report.products):
+            products: Counter = Counter()
+            with forced_product_method(method, products):
                 result = numeric.collapse_numeric(self.net, self.spec.input_shape, tight=False)
             try:
                 self._check_numeric(result)
             except _Mismatch as exc:
                 raise _Mismatch(f"method {method!r}: {exc}") from None
+            self.report.products.update(products)  # counted once checked
 
     def _check_numeric(self, result: Any) -> np.ndarray:
         """On small inputs the whole map (identity batch) is checked at the region's
@@ -1510,6 +1792,9 @@ class Campaign:
     unexpected_refusals: list[dict[str, Any]] = field(default_factory=list)
     timeouts: list[dict[str, Any]] = field(default_factory=list)
     slowest: list[tuple[float, int]] = field(default_factory=list)
+    products: Counter = field(default_factory=Counter)
+    polyphase_collapses: int = 0
+    exact_reference_networks: int = 0
 
     def add(self, report: NetworkReport) -> None:
         spec = report.spec
@@ -1537,6 +1822,9 @@ class Campaign:
             if len(self.not_tight_examples) < 10:
                 self.not_tight_examples.append(reproducer(spec.seed, spec.index))
         self.region_differs += report.region_differs
+        self.products.update(report.products)
+        self.polyphase_collapses += report.polyphase
+        self.exact_reference_networks += report.exact_reference
         if report.periodic_missed:
             self.periodic_missed.append(reproducer(spec.seed, spec.index))
         for path in report.unexpected:
@@ -1563,6 +1851,9 @@ class Campaign:
             "region_not_tight_networks": self.not_tight_networks,
             "region_not_tight_examples": self.not_tight_examples,
             "region_numeric_differs_from_exact": self.region_differs,
+            "polyphase_collapses": self.polyphase_collapses,
+            "exact_reference_networks": self.exact_reference_networks,
+            "polymatmul_products": {m: int(self.products[m]) for m in PRODUCT_METHODS},
             "periodic_not_detected": self.periodic_missed,
             "unexpected_refusals": self.unexpected_refusals,
             "timeouts": self.timeouts,
@@ -1612,6 +1903,12 @@ def table(c: Campaign) -> str:
               f"{c.not_tight_networks} networks (outside the region yet equal; not mismatches)"]
     lines += [f"  e.g. {e}" for e in c.not_tight_examples[:3]]
     lines.append(f"numeric region != exact region: {c.region_differs} networks (information)")
+    lines.append(f"polyphase collapses (no single strided kernel): {c.polyphase_collapses} "
+                 f"networks")
+    lines.append(f"exact affine maps checked against the exact (fractions) reference: "
+                 f"{c.exact_reference_networks} networks")
+    lines.append("kernel products checked per polymatmul method: " +
+                 ", ".join(f"{m} {c.products[m]}" for m in PRODUCT_METHODS))
     if c.periodic_missed:
         lines.append(f"periodic networks collapsed as zero-extended: {len(c.periodic_missed)}, "
                      f"e.g. {c.periodic_missed[0]}")

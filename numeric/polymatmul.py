@@ -243,6 +243,10 @@ def _conv_product(outer: torch.Tensor, inner: torch.Tensor, size: Sequence[int])
     return product
 
 
+#: :func:`_minkowski_sum` adds tap pairs directly up to this many, else it convolves
+MINKOWSKI_PAIRS = 1 << 20
+
+
 def _support_masks(outer: torch.Tensor, inner: torch.Tensor, channels: tuple[int, int, int],
                    step: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Where a product of these spatial-major kernels can be nonzero: channel pairs
@@ -275,11 +279,17 @@ def _support_masks(outer: torch.Tensor, inner: torch.Tensor, channels: tuple[int
 
 def _minkowski_sum(taps_o: torch.Tensor, taps_i: torch.Tensor, step: Sequence[int]) -> torch.Tensor:
     """``{d a + b}`` over the outer taps ``a`` and inner taps ``b`` (boolean, on the
-    product's box), by a full correlation of the two patterns in float64 (integer counts)."""
-    nd = taps_o.ndim
-    so = np.zeros(tuple((k - 1) * s + 1 for k, s in zip(taps_o.shape, step)), dtype=np.float64)
-    so[tuple(slice(None, None, s) for s in step)] = taps_o.numpy()
-    flipped = torch.from_numpy(so).flip(tuple(range(nd)))
-    counts = conv_nd(nd)(taps_i.to(torch.float64)[None, None], flipped[None, None],
-                         padding=tuple(k - 1 for k in so.shape))
-    return counts[0, 0] > 0.5
+    product's box ``(k_o - 1) d + k_i``): by the pairs of taps when there are at most
+    :data:`MINKOWSKI_PAIRS` of them, else by an FFT convolution of the two 0/1 patterns
+    (integer counts, whose round-off stays far below the threshold 1/2)."""
+    box = tuple((ko - 1) * d + ki for ko, ki, d in zip(taps_o.shape, taps_i.shape, step))
+    where_o, where_i = np.argwhere(taps_o.numpy()), np.argwhere(taps_i.numpy())
+    if len(where_o) * len(where_i) <= MINKOWSKI_PAIRS:
+        sums = (where_o * np.asarray(step))[:, None, :] + where_i[None, :, :]
+        mask = np.zeros(box, dtype=bool)
+        mask[tuple(sums.reshape(-1, taps_o.ndim).T)] = True
+        return torch.from_numpy(mask)
+    from scipy.signal import fftconvolve
+    dilated = np.zeros(tuple((k - 1) * d + 1 for k, d in zip(taps_o.shape, step)))
+    dilated[tuple(slice(None, None, d) for d in step)] = taps_o.numpy()
+    return torch.from_numpy(fftconvolve(dilated, taps_i.numpy().astype(np.float64)) > 0.5)

@@ -132,7 +132,7 @@ def test_detects_a_perturbed_numeric_operator(fuzz, monkeypatch):
                                                                  "numeric_collapse")]
     reports = [fuzz.run_network(SEED, i) for i in accepted[:4]]
     failed = [o for r in reports for o in r.mismatches]
-    assert failed and {o.path for o in failed} == {"numeric_collapse"}
+    assert failed and {o.path for o in failed} == {"numeric_collapse", "numeric_methods"}
     assert "inside the region" in failed[0].detail
 
 
@@ -163,3 +163,173 @@ def test_a_crash_is_a_mismatch_and_a_package_error_a_refusal(fuzz, monkeypatch):
     assert refused.status == "refused" and "not supported" in refused.detail
     assert report.outcomes["exact_affine"].status == "ok"
 
+
+
+# -- the generators added for pooling options, polyphase, tight regions, product methods ----
+NEW_KINDS = ("avg_pool ceil_mode", "avg_pool divisor_override", "avg_pool padded exclude_pad",
+             "adaptive_avg_pool", "adaptive_avg_pool non-dividing", "polyphase: bias before up",
+             "polyphase: non-coprime up", "polyphase: sum of rates", "conv_transpose",
+             "family kernels", "wide kernel", "tight=True", "tight=False")
+
+
+def _small_with(fuzz: ModuleType, feature: str, seed: int = SEED, limit: int = 3000
+                ) -> Iterator[int]:
+    """Networks of ``seed`` with ``feature``, few inputs and outputs, that every path
+    should accept (so that they are checked, not refused)."""
+    for index in range(limit):
+        spec = fuzz.generate(seed, index)
+        if feature in spec.features() and np.prod(spec.input_shape) <= 48 and \
+                np.prod(spec.output_shape) <= 64 and len(spec.ops) <= 6 and \
+                all(fuzz.expected_to_accept(spec, p) for p in fuzz.PATHS):
+            yield index
+
+
+def _checked(fuzz: ModuleType, feature: str, polyphase: bool = False):
+    """The report of the first small network with ``feature`` whose exact region is not
+    empty (and, if asked, whose collapse is a polyphase operator)."""
+    for tries, index in enumerate(_small_with(fuzz, feature)):
+        report = fuzz.run_network(SEED, index)
+        if report.region_positions and (report.polyphase or not polyphase):
+            return report
+        assert tries < 8, f"no small checked network with {feature!r}"
+
+
+POLYPHASE_KINDS = ("polyphase: bias before up", "polyphase: non-coprime up")
+
+
+@pytest.mark.parametrize("feature", NEW_KINDS)
+def test_each_new_kind_is_generated_and_checked(fuzz, feature):
+    report = _checked(fuzz, feature, polyphase=feature in POLYPHASE_KINDS)
+    statuses = {p: o.status for p, o in report.outcomes.items()}
+    assert statuses == {p: "ok" for p in fuzz.PATHS}, (report.spec.describe(), report.outcomes)
+    assert feature in report.spec.features()
+
+
+def test_every_product_method_is_forced_and_counted(fuzz):
+    report = _checked(fuzz, "family kernels")
+    assert report.outcomes["numeric_methods"].status == "ok"
+    assert set(report.products) == set(fuzz.PRODUCT_METHODS)
+    assert len(set(report.products.values())) == 1 and min(report.products.values()) > 0
+
+
+def test_a_short_run_reports_the_new_counts(fuzz):
+    result = fuzz.campaign(SEED, max_networks=6)
+    assert result.mismatches == 0 and result.paths["numeric_methods"]["ok"] > 0
+    report = result.as_json()
+    assert set(report["polymatmul_products"]) == set(fuzz.PRODUCT_METHODS)
+    assert all(report["polymatmul_products"][m] > 0 for m in fuzz.PRODUCT_METHODS)
+    assert isinstance(report["polyphase_collapses"], int)
+    assert "polymatmul method" in fuzz.table(result)
+
+
+def test_detects_a_wrong_product_method(fuzz, monkeypatch):
+    real = fuzz.numeric_kernels.polymatmul
+
+    def wrong_fft(outer, inner, dilation=1, method="auto", budget=None):
+        out = real(outer, inner, dilation, method, budget)
+        return out * (1 + 1e-6) if method == "fft" else out
+    index = _checked(fuzz, "family kernels").spec.index
+    monkeypatch.setattr(fuzz.numeric_kernels, "polymatmul", wrong_fft)
+    report = fuzz.run_network(SEED, index)
+    [failed] = report.mismatches
+    assert failed.path == "numeric_methods" and "method 'fft'" in failed.detail
+
+
+def test_detects_a_region_tight_for_these_weights_that_claims_too_little(fuzz, monkeypatch):
+    real = fuzz.algebra.collapse
+
+    def shrunk(network, input_shape, **kw):
+        result = real(network, input_shape, **kw)
+        if result.region.any() and not result.periodic:
+            result.region = result.region.copy()
+            result.region.flat[np.argmax(result.region)] = False
+            result.tight_for = "these weights"
+        return result
+    index = _checked(fuzz, "pad zeros").spec.index
+    monkeypatch.setattr(fuzz.algebra, "collapse", shrunk)
+    report = fuzz.run_network(SEED, index)
+    detail = report.outcomes["exact_collapse"].detail
+    assert report.outcomes["exact_collapse"].status == "mismatch" and "tight" in detail
+
+
+def test_a_sum_of_unequal_rates_must_be_refused(fuzz):
+    index = next(i for i in range(3000) if fuzz.RATES_DIFFER in fuzz.generate(SEED, i).tags)
+    spec = fuzz.generate(SEED, index)
+    assert not fuzz.expected_to_accept(spec, "exact_collapse")
+    assert fuzz.expected_to_accept(spec, "affine_vjp")
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_the_pool_reference_is_the_window_sum(fuzz, ndim):
+    """The reference's average pools (every option) against explicit window sums in exact
+    fractions, from PyTorch's documented rule (independent of the package)."""
+    rng = np.random.default_rng(ndim)
+    for trial in range(30):
+        n = tuple(int(v) for v in rng.integers(3, 8, ndim))
+        k = tuple(int(v) for v in rng.integers(1, 4, ndim))
+        s = tuple(int(v) for v in rng.integers(1, 4, ndim))
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        params = dict(kernel=k, stride=s, padding=p, count_include_pad=bool(trial % 2),
+                      ceil_mode=bool(trial % 3), divisor_override=[None, 3][trial % 4 == 0])
+        x = rng.integers(-5, 6, (1, 1, *n))
+        got = fuzz._ref_avg_pool(fuzz.torch.tensor(x, dtype=fuzz.torch.float64), params, ndim)
+        want = _window_sums(x[0, 0], params)
+        np.testing.assert_allclose(got[0, 0].numpy(), np.vectorize(float)(want), rtol=1e-15)
+
+
+def _window_sums(x: np.ndarray, params: dict) -> np.ndarray:
+    """``avg_pool`` by its definition: window ``i`` starts at ``s i - p``, ends at
+    ``min(start + k, n + p)``; ``ceil_mode`` drops a window starting in the right padding."""
+    from fractions import Fraction
+    axes = []
+    for n, k, s, p in zip(x.shape, params["kernel"], params["stride"], params["padding"]):
+        span = n + 2 * p - k
+        out = (-(-span // s) if params["ceil_mode"] else span // s) + 1
+        if params["ceil_mode"] and s * (out - 1) >= n + p:
+            out -= 1
+        axes.append([(s * i - p, min(s * i - p + k, n + p)) for i in range(out)])
+    out = np.empty([len(a) for a in axes], dtype=object)
+    for index in np.ndindex(*out.shape):
+        boxes = [axes[a][i] for a, i in enumerate(index)]
+        inside = [range(max(a, 0), min(b, n)) for (a, b), n in zip(boxes, x.shape)]
+        total = sum((int(x[j]) for j in np.ndindex(*[len(r) for r in inside])
+                     for j in [tuple(r[t] for r, t in zip(inside, j))]), 0)
+        if params["divisor_override"] is not None:
+            divisor = params["divisor_override"]
+        elif params["count_include_pad"]:
+            divisor = int(np.prod([b - a for a, b in boxes]))
+        else:
+            divisor = int(np.prod([len(r) for r in inside]))
+        out[index] = Fraction(total, divisor)
+    return out
+
+
+@pytest.mark.parametrize("feature", ["avg_pool ceil_mode", "avg_pool divisor_override",
+                                     "adaptive_avg_pool non-dividing", "conv_transpose",
+                                     "pad reflect", "polyphase: bias before up"])
+def test_the_exact_reference_agrees_with_the_torch_reference(fuzz, feature):
+    """The two independent references (fractions by index sums, torch in float64) agree,
+    and the exact affine path is checked against the fractions."""
+    index = next(i for i in _small_with(fuzz, feature)
+                 if fuzz.exact_reference_fits(fuzz.generate(SEED, i)))
+    spec = fuzz.generate(SEED, index)
+    W, B = fuzz.exact_reference(spec)
+    ref = fuzz.reference(spec)
+    np.testing.assert_allclose(fuzz.to_float(W), ref.W, rtol=0, atol=1e-12 * ref.scale)
+    np.testing.assert_allclose(fuzz.to_float(B), ref.B, rtol=0, atol=1e-12 * ref.scale)
+    report = fuzz.run_network(SEED, index)
+    assert report.exact_reference and report.outcomes["exact_affine"].status == "ok"
+
+
+def test_the_exact_reference_catches_what_the_float_check_cannot(fuzz, monkeypatch):
+    real = fuzz.algebra.collapse_affine
+
+    def nudged(network, input_shape):  # far below TOL: only an exact comparison sees it
+        amap = real(network, input_shape)
+        amap.B[0] = amap.B[0] + amap.domain.convert(1) / 10**15
+        return amap
+    index = next(i for i in _small_with(fuzz, "conv")
+                 if fuzz.exact_reference_fits(fuzz.generate(SEED, i)))
+    monkeypatch.setattr(fuzz.algebra, "collapse_affine", nudged)
+    outcome = fuzz.run_network(SEED, index).outcomes["exact_affine"]
+    assert outcome.status == "mismatch" and "exact reference (fractions)" in outcome.detail

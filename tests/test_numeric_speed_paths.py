@@ -240,3 +240,29 @@ def test_every_method_in_float32_is_the_index_sum_to_float32_round_off(case):
         np.testing.assert_allclose(got.double().numpy(), expected, rtol=0,
                                    atol=8 * torch.finfo(torch.float32).eps * scale + 1e-30,
                                    err_msg=method)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_support_of_a_product_is_the_minkowski_sum_of_the_tap_sets(data):
+    """The structural-support mask, both ways (tap pairs and FFT counts), against the
+    explicit set ``{d a + b}``."""
+    import importlib
+    pm = importlib.import_module("laurentnet.numeric.polymatmul")
+    nd = data.draw(st.integers(1, 3))
+    ko, ki = (tuple(data.draw(st.integers(1, 5)) for _ in range(nd)) for _ in range(2))
+    step = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    seed = data.draw(st.integers(0, 2**16))
+    g = np.random.default_rng(seed)
+    a, b = torch.from_numpy(g.random(ko) < 0.4), torch.from_numpy(g.random(ki) < 0.4)
+    want = np.zeros(tuple((x - 1) * d + y for x, y, d in zip(ko, ki, step)), bool)
+    for ia in zip(*np.nonzero(a.numpy())):
+        for ib in zip(*np.nonzero(b.numpy())):
+            want[tuple(d * x + y for x, y, d in zip(ia, ib, step))] = True
+    np.testing.assert_array_equal(pm._minkowski_sum(a, b, step).numpy(), want)
+    saved = pm.MINKOWSKI_PAIRS
+    try:
+        pm.MINKOWSKI_PAIRS = -1  # force the FFT path
+        np.testing.assert_array_equal(pm._minkowski_sum(a, b, step).numpy(), want)
+    finally:
+        pm.MINKOWSKI_PAIRS = saved

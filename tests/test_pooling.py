@@ -443,3 +443,31 @@ def test_laurentnet_collapse_and_verify_on_a_pooled_model(tmp_path, capsys):
     x = torch.randn(4, 1, 9, 8)
     torch.testing.assert_close(torch.export.load(str(out)).module()(x), model(x),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_ceil_mode_windows_that_overhang_the_padded_input_are_torchs():
+    """With ``ceil_mode`` torch keeps one window even when the kernel is longer than the
+    padded input (``-s < n + 2p - k < 0``); every size torch accepts, the package accepts
+    with torch's values, and every size torch refuses, the package refuses."""
+    checked = 0
+    for n in range(1, 5):
+        for k in range(1, 7):
+            for s in range(1, 4):
+                for p in range(0, k // 2 + 1):
+                    pool = dict(kind="avg", kernel=k, stride=s, padding=p, ceil_mode=True,
+                                count_include_pad=bool((n + k) % 2), divisor_override=None)
+                    x = torch.arange(1.0, n + 1, dtype=torch.float64).reshape(1, 1, n)
+                    try:
+                        expected = torch_pool(x, pool)
+                    except RuntimeError:
+                        with pytest.raises(InvalidInputError):
+                            pool_only(pool, 1).shapes((1, n))
+                        continue
+                    net = pool_only(pool, 1)
+                    got = network_forward(net, x)
+                    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-12)
+                    W, B = collapse_affine(net, (1, n)).to_numpy()
+                    np.testing.assert_allclose(x.reshape(1, -1).numpy() @ W.T + B,
+                                               expected.reshape(1, -1).numpy(), rtol=0, atol=1e-12)
+                    checked += n + 2 * p < k
+    assert checked > 0  # overhanging kernels were among the accepted cases
