@@ -30,7 +30,7 @@ from torch import fx, nn
 
 from ..algebra.network import Add, AvgPool, ChannelAffine, Concat, Conv, Input, Network, Split
 from ..numeric.border import BorderPiece, BorderPlan, border_plan
-from .traced import traced_module
+from .traced import assert_sample_shape, traced_module
 
 __all__ = ["StripLayers", "BorderCorrectedConv", "border_module", "border_corrected_exit"]
 
@@ -152,6 +152,7 @@ class BorderCorrectedConv(nn.Module):
         self.has_bias = bias is not None
         self.stride, self.dilation, self.groups = tuple(stride), tuple(dilation), int(groups)
         self.padding, self.sizes = tuple(padding), tuple(input_shape[1:])
+        self.in_channels = int(input_shape[0])
         self.plan, self.layers = plan, layers
         self.ndim = len(self.sizes)
         self.slabs: dict[int, list[BorderPiece]] = {a: [] for a in range(self.ndim)}
@@ -192,6 +193,7 @@ class BorderCorrectedConv(nn.Module):
         return torch.cat(parts, 2 + axis) if len(parts) > 1 else inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert_sample_shape(x, (self.in_channels, *self.sizes), "this BorderCorrectedConv")
         if not self.plan.interior_positions:
             return self._strip(x, self.plan.pieces[0])
         return self._assemble(x, 0)

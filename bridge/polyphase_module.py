@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..algebra.errors import InvalidInputError, InvalidTypeError
-from .traced import traced_module
+from .traced import assert_sample_shape, traced_module
 from ..algebra.polyphase import PolyphaseLayout, PolyphaseOperator
 
 __all__ = ["PolyphaseConv", "polyphase_module", "traced_polyphase"]
@@ -68,6 +68,7 @@ class PolyphaseConv(nn.Module):
                 self.conv.bias.copy_(torch.as_tensor(layout.conv.bias, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert_sample_shape(x, (self.in_channels, *self.input_size), "this PolyphaseConv")
         ndim = len(self.in_factors)
         batch = x.shape[0]
         grow = [v for n, m, p in zip(self.input_size, self.m_in, self.in_factors)

@@ -332,3 +332,16 @@ def test_border_corrected_module_pickles_without_laurentnet_classes():
     assert b"laurentnet" not in data
     with torch.no_grad():
         torch.testing.assert_close(pickle.loads(data)(x), model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_border_corrected_module_refuses_another_input_size():
+    """Its crops are fixed to the converted size: a larger input must be refused, not
+    cropped to the converted window."""
+    import torch.nn as nn
+    from laurentnet.bridge import convert
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"),
+                          nn.Conv2d(2, 2, 3, padding=1)).double().eval()
+    converted = convert(model, torch.randn(1, 2, 40, 48, dtype=torch.float64), mode="kernel").module
+    with torch.no_grad(), pytest.raises(AssertionError, match=r"\(batch, 2, 40, 48\)"):
+        converted(torch.randn(1, 2, 50, 60, dtype=torch.float64))

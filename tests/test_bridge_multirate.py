@@ -257,3 +257,19 @@ def test_cli_collapse_kernel_verify_and_inspect(tmp_path, capsys):
     converted = load(out).module
     with torch.no_grad():
         torch.testing.assert_close(converted(example), model(example), rtol=1e-4, atol=1e-5)
+
+
+def test_converted_polyphase_module_refuses_another_input_size():
+    """Its reshapes are fixed to the converted size: swapped height and width (same number
+    of values) must be refused, not answered for the converted size."""
+    import pytest
+    from laurentnet.bridge import convert
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, stride=2, padding=1),
+                                torch.nn.ConvTranspose2d(3, 2, 2, stride=2)).double().eval()
+    converted = convert(model, torch.randn(1, 2, 10, 12, dtype=torch.float64), mode="kernel").module
+    x = torch.randn(3, 2, 10, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x), rtol=1e-10, atol=1e-10)
+        with pytest.raises(AssertionError, match=r"\(batch, 2, 10, 12\)"):
+            converted(torch.randn(1, 2, 12, 10, dtype=torch.float64))
