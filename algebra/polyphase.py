@@ -71,7 +71,7 @@ from .layout import TorchLayout
 from .operator import ConvOperator, vstack
 from .signal import apply_operator
 
-__all__ = ["PolyphaseOperator", "PolyphaseLayout", "polyphase_vstack", "is_polyphase",
+__all__ = ["PolyphaseOperator", "PolyphaseAlgebra", "PolyphaseLayout", "polyphase_vstack", "is_polyphase",
            "as_polyphase"]
 
 Period = tuple[int, ...]
@@ -145,7 +145,162 @@ class PolyphaseLayout:
                 f"channels), pixel-shuffle by {self.out_factors}")
 
 
-class PolyphaseOperator:
+class PolyphaseAlgebra:
+    """What both twins' polyphase operators share: everything that follows from the periods
+    and from the block's own arithmetic (:class:`ConvOperator` here,
+    :class:`~laurentnet.numeric.KernelOperator` on the float side, ``_single``).  A subclass
+    holds ``block``, ``in_period``, ``out_period`` and implements ``from_conv`` and
+    ``reblock``; the block rows are ``o M + t``, the columns ``c N + r``."""
+
+    __slots__ = ()
+    is_polyphase = True
+    _single: type = ConvOperator
+
+    # -- shape ----------------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return self.block.ndim
+
+    @property
+    def phases(self) -> int:
+        """``M = prod Q``: output phases (the convolutions of the export)."""
+        return prod(self.out_period)
+
+    @property
+    def in_phases(self) -> int:
+        """``N = prod P``: input phases."""
+        return prod(self.in_period)
+
+    @property
+    def out_channels(self) -> int:
+        return self.block.out_channels // self.phases
+
+    @property
+    def in_channels(self) -> int:
+        return self.block.in_channels // self.in_phases
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(C_out, C_in)`` of the operator (not of the block)."""
+        return self.out_channels, self.in_channels
+
+    @property
+    def bias(self) -> Any:
+        """``b_{o,t}`` in the block's row order ``o M + t``."""
+        return self.block.bias
+
+    @property
+    def has_bias(self) -> bool:
+        return self.block.has_bias
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        """The block's kernel extent (the stride-1 conv of the export)."""
+        return self.block.kernel_size
+
+    def _new(self, block: Any, in_period: Period | None = None,
+             out_period: Period | None = None) -> Any:
+        """An operator of this twin on ``block`` (default: this one's periods)."""
+        return type(self)(block, self.in_period if in_period is None else in_period,
+                          self.out_period if out_period is None else out_period)
+
+    # -- periods --------------------------------------------------------------------------
+    def reblock_to(self, in_period: int | Sequence[int]) -> Any:
+        """Re-blocked to the input period ``in_period`` (a multiple of ``P``)."""
+        target = _period(in_period, self.ndim, "in_period")
+        if any(t % p for t, p in zip(target, self.in_period)):
+            raise InvalidInputError(f"in_period {target} is not a multiple of {self.in_period}")
+        return self.reblock(tuple(t // p for t, p in zip(target, self.in_period)))
+
+    # -- algebra --------------------------------------------------------------------------
+    def _operand(self, other: Any) -> Any:
+        """``other`` as this twin's polyphase operator, or None if it is neither that nor
+        this twin's single-rate operator."""
+        if isinstance(other, self._single):
+            return type(self).from_conv(other)
+        return other if isinstance(other, type(self)) else None
+
+    def __matmul__(self, other: Any) -> Any:
+        """``self ∘ other`` (``other`` first): both re-blocked to the middle period
+        ``lcm(Q_other, P_self)``, then the blocks multiply (``b = H2(1) b1 + b2``)."""
+        other = self._operand(other)
+        if other is None:
+            return NotImplemented
+        if self.in_channels != other.out_channels:
+            raise InvalidInputError(f"cannot compose: the outer operator takes {self.in_channels} "
+                                    f"channels, the inner one gives {other.out_channels}")
+        mid = tuple(lcm(a, b) for a, b in zip(other.out_period, self.in_period))
+        inner = other.reblock(tuple(m // q for m, q in zip(mid, other.out_period)))
+        outer = self.reblock(tuple(m // p for m, p in zip(mid, self.in_period)))
+        return self._new(outer.block @ inner.block, inner.in_period, outer.out_period)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        if isinstance(other, self._single):
+            return type(self).from_conv(other) @ self
+        return NotImplemented
+
+    def _common(self, other: Any, what: str) -> tuple[Any, Any]:
+        """Both re-blocked to one pair of periods (the rates ``P/Q`` must agree)."""
+        lifted = self._operand(other)
+        if lifted is None:
+            raise InvalidTypeError(f"expected a PolyphaseOperator or {self._single.__name__}, "
+                                   f"got {type(other).__name__}")
+        for axis, (p1, q1, p2, q2) in enumerate(zip(self.in_period, self.out_period,
+                                                    lifted.in_period, lifted.out_period)):
+            if p1 * q2 != p2 * q1:
+                raise InvalidInputError(
+                    f"cannot {what} operators of different rates on axis {axis} (input/output "
+                    f"periods {p1}/{q1} and {p2}/{q2}): the result is not periodically "
+                    "shift-varying; use the affine map for a fixed input size")
+        P = tuple(lcm(a, b) for a, b in zip(self.in_period, lifted.in_period))
+        return self.reblock_to(P), lifted.reblock_to(P)
+
+    def __add__(self, other: Any) -> Any:
+        """Parallel branches: re-blocked to the common period, blocks and biases add."""
+        if self._operand(other) is None:
+            return NotImplemented
+        if self.shape != tuple(other.shape):
+            raise InvalidInputError(f"cannot add operators of shapes {self.shape} and {other.shape}")
+        a, b = self._common(other, "add")
+        return a._new(a.block + b.block)
+
+    __radd__ = __add__
+
+    def __neg__(self) -> Any:
+        return self._new(-self.block)
+
+    def __sub__(self, other: Any) -> Any:
+        if self._operand(other) is None:
+            return NotImplemented
+        return self + (-other)
+
+    def __getitem__(self, rows: int | slice | Sequence[int]) -> Any:
+        """A channel split: the selected output channels (all their phases)."""
+        index = channel_index(rows, self.out_channels, "output channel")
+        M = self.phases
+        return self._new(self.block[[o * M + t for o in index for t in range(M)]])
+
+    def columns(self, cols: int | slice | Sequence[int]) -> Any:
+        """The operator restricted to the selected input channels (bias kept)."""
+        index = channel_index(cols, self.in_channels, "input channel")
+        N = self.in_phases
+        return self._new(self.block.columns([c * N + r for c in index for r in range(N)]))
+
+    def linear_part(self) -> Any:
+        return self._new(self.block.linear_part())
+
+    # -- export ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        """``"polyphase, M phases ..."``: what the operator is and how it exports."""
+        kernel = "x".join(map(str, self.kernel_size))
+        return (f"{self.out_channels}x{self.in_channels} polyphase operator, {self.phases} "
+                f"phases (input period {self.in_period}, output period {self.out_period}; "
+                f"no single strided kernel): pixel-unshuffle, a stride-1 conv "
+                f"{self.block.in_channels}->{self.block.out_channels} kernel {kernel}, "
+                f"pixel-shuffle")
+
+
+class PolyphaseOperator(PolyphaseAlgebra):
     """A linear periodically shift-varying operator with a bias, exactly: input period
     ``in_period`` (``P``), output period ``out_period`` (``Q``) and the stride-1 block
     operator ``block`` between the polyphase components (module docstring).  Immutable.
@@ -153,7 +308,6 @@ class PolyphaseOperator:
     Build one with :meth:`from_conv`, :meth:`identity` or from a block; combine with
     ``@ + - *``, :func:`polyphase_vstack`, ``[rows]``, :meth:`columns`."""
 
-    is_polyphase = True
     __slots__ = ("block", "in_period", "out_period")
 
     def __init__(self, block: ConvOperator, in_period: int | Sequence[int],
@@ -209,50 +363,9 @@ class PolyphaseOperator:
         return self.block.ring
 
     @property
-    def ndim(self) -> int:
-        return self.block.ndim
-
-    @property
-    def phases(self) -> int:
-        """``M = prod Q``: output phases (the convolutions of the export)."""
-        return prod(self.out_period)
-
-    @property
-    def in_phases(self) -> int:
-        """``N = prod P``: input phases."""
-        return prod(self.in_period)
-
-    @property
-    def out_channels(self) -> int:
-        return self.block.out_channels // self.phases
-
-    @property
-    def in_channels(self) -> int:
-        return self.block.in_channels // self.in_phases
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(C_out, C_in)`` of the operator (not of the block)."""
-        return self.out_channels, self.in_channels
-
-    @property
     def matrix(self):
         """The block's Laurent matrix ``H`` (``(C_out M) x (C_in N)``)."""
         return self.block.matrix
-
-    @property
-    def bias(self) -> tuple[Any, ...]:
-        """``b_{o,t}`` in the block's row order ``o M + t``."""
-        return self.block.bias
-
-    @property
-    def has_bias(self) -> bool:
-        return self.block.has_bias
-
-    @property
-    def kernel_size(self) -> tuple[int, ...]:
-        """The block's kernel extent (the stride-1 conv of the export)."""
-        return self.block.kernel_size
 
     def bias_mask(self) -> np.ndarray:
         """``(C_out,)``: channels with a nonzero bias in some phase."""
@@ -296,13 +409,6 @@ class PolyphaseOperator:
                 matrix.append(out_row)
                 bias.append(self.bias[row])
         return PolyphaseOperator(ConvOperator(self.ring, matrix, bias=bias), P2, Q2)
-
-    def reblock_to(self, in_period: int | Sequence[int]) -> "PolyphaseOperator":
-        """Re-blocked to the input period ``in_period`` (a multiple of ``P``)."""
-        target = _period(in_period, self.ndim, "in_period")
-        if any(t % p for t, p in zip(target, self.in_period)):
-            raise InvalidInputError(f"in_period {target} is not a multiple of {self.in_period}")
-        return self.reblock(tuple(t // p for t, p in zip(target, self.in_period)))
 
     def _reduced(self, axis: int, p: int) -> "PolyphaseOperator | None":
         """The operator at periods divided by ``p`` on ``axis``, if it has them.
@@ -417,63 +523,6 @@ class PolyphaseOperator:
         return candidate if back._same_blocks(self) else None
 
     # -- algebra --------------------------------------------------------------------------
-    def __matmul__(self, other: Any) -> "PolyphaseOperator":
-        """``self ∘ other`` (``other`` first): both re-blocked to the middle period
-        ``lcm(Q_other, P_self)``, then the blocks multiply."""
-        if isinstance(other, ConvOperator):
-            other = PolyphaseOperator.from_conv(other)
-        if not is_polyphase(other):
-            return NotImplemented
-        if self.in_channels != other.out_channels:
-            raise InvalidInputError(f"cannot compose: the outer operator takes {self.in_channels} "
-                                    f"channels, the inner one gives {other.out_channels}")
-        mid = tuple(lcm(a, b) for a, b in zip(other.out_period, self.in_period))
-        inner = other.reblock(tuple(m // q for m, q in zip(mid, other.out_period)))
-        outer = self.reblock(tuple(m // p for m, p in zip(mid, self.in_period)))
-        return PolyphaseOperator(outer.block @ inner.block, inner.in_period, outer.out_period)
-
-    def __rmatmul__(self, other: Any) -> "PolyphaseOperator":
-        if isinstance(other, ConvOperator):
-            return PolyphaseOperator.from_conv(other) @ self
-        return NotImplemented
-
-    def _common(self, other: Any, what: str) -> tuple["PolyphaseOperator", "PolyphaseOperator"]:
-        """Both re-blocked to one pair of periods (the rates ``P/Q`` must agree)."""
-        if isinstance(other, ConvOperator):
-            other = PolyphaseOperator.from_conv(other)
-        if not is_polyphase(other):
-            raise InvalidTypeError(f"expected a PolyphaseOperator or ConvOperator, got "
-                                   f"{type(other).__name__}")
-        for axis, (p1, q1, p2, q2) in enumerate(zip(self.in_period, self.out_period,
-                                                    other.in_period, other.out_period)):
-            if p1 * q2 != p2 * q1:
-                raise InvalidInputError(
-                    f"cannot {what} operators of different rates on axis {axis} (input/output "
-                    f"periods {p1}/{q1} and {p2}/{q2}): the result is not periodically "
-                    "shift-varying; use the affine map for a fixed input size")
-        P = tuple(lcm(a, b) for a, b in zip(self.in_period, other.in_period))
-        return self.reblock_to(P), other.reblock_to(P)
-
-    def __add__(self, other: Any) -> "PolyphaseOperator":
-        """Parallel branches: re-blocked to the common period, blocks and biases add."""
-        if not (is_polyphase(other) or isinstance(other, ConvOperator)):
-            return NotImplemented
-        if self.shape != tuple(other.shape):
-            raise InvalidInputError(f"cannot add operators of shapes {self.shape} and "
-                                    f"{other.shape}")
-        a, b = self._common(other, "add")
-        return PolyphaseOperator(a.block + b.block, a.in_period, a.out_period)
-
-    __radd__ = __add__
-
-    def __neg__(self) -> "PolyphaseOperator":
-        return PolyphaseOperator(-self.block, self.in_period, self.out_period)
-
-    def __sub__(self, other: Any) -> "PolyphaseOperator":
-        if not (is_polyphase(other) or isinstance(other, ConvOperator)):
-            return NotImplemented
-        return self + (-other)
-
     def __mul__(self, scalar: Any) -> "PolyphaseOperator":
         """``c·A`` (block and bias)."""
         if isinstance(scalar, (ConvOperator, LaurentPoly)) or is_polyphase(scalar):
@@ -495,23 +544,6 @@ class PolyphaseOperator:
     def __hash__(self) -> int:
         least = self.minimal()
         return hash((least.block, least.in_period))
-
-    def __getitem__(self, rows: int | slice | Sequence[int]) -> "PolyphaseOperator":
-        """A channel split: the selected output channels (all their phases)."""
-        index = channel_index(rows, self.out_channels, "output channel")
-        M = self.phases
-        return PolyphaseOperator(self.block[[o * M + t for o in index for t in range(M)]],
-                                 self.in_period, self.out_period)
-
-    def columns(self, cols: int | slice | Sequence[int]) -> "PolyphaseOperator":
-        """The operator restricted to the selected input channels (bias kept)."""
-        index = channel_index(cols, self.in_channels, "input channel")
-        N = self.in_phases
-        return PolyphaseOperator(self.block.columns([c * N + r for c in index for r in range(N)]),
-                                 self.in_period, self.out_period)
-
-    def linear_part(self) -> "PolyphaseOperator":
-        return PolyphaseOperator(self.block.linear_part(), self.in_period, self.out_period)
 
     def set_ring(self, ring: LaurentRing) -> "PolyphaseOperator":
         return PolyphaseOperator(self.block.set_ring(ring), self.in_period, self.out_period)
@@ -559,15 +591,6 @@ class PolyphaseOperator:
         (:meth:`ConvOperator.to_weight`), pixel-shuffle by ``Q``."""
         return PolyphaseLayout(self.in_period, self.out_period, self.in_channels,
                                self.out_channels, self.block.to_weight(dtype=dtype))
-
-    def describe(self) -> str:
-        """``"polyphase, M phases ..."``: what the operator is and how it exports."""
-        kernel = "x".join(map(str, self.kernel_size))
-        return (f"{self.out_channels}x{self.in_channels} polyphase operator, {self.phases} "
-                f"phases (input period {self.in_period}, output period {self.out_period}; "
-                f"no single strided kernel): pixel-unshuffle, a stride-1 conv "
-                f"{self.block.in_channels}->{self.block.out_channels} kernel {kernel}, "
-                f"pixel-shuffle")
 
     def __repr__(self) -> str:
         return f"PolyphaseOperator({self.describe()})"

@@ -28,15 +28,14 @@ import os
 import sys
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from laurentnet.algebra import Network  # noqa: E402
 from laurentnet.bridge.timing import interleaved_times  # noqa: E402
 from laurentnet.numeric import collapse_numeric, polymatmul  # noqa: E402
+from peers import chain_network, float32_weights  # noqa: E402  (this folder is on sys.path)
 
 LABELS = {"package": "laurentnet collapse_numeric, float64",
           "package32": "laurentnet collapse_numeric, float32",
@@ -51,24 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--numeric-methods", type=lambda s: [int(x) for x in s.split(",") if x],
                         default=[], help="also time each polymatmul method on one 3x3 x k x k "
                         "product for these k (comma-separated)")
-
-
-def chain_weights(seed: int, layers: int, channels: int) -> list[np.ndarray]:
-    """PyTorch's default ``Conv2d`` initialisation (uniform, bound ``1/sqrt(fan_in)``), in
-    float32 (as ``benchmarks/peers.py``'s wide row)."""
-    g = np.random.default_rng(seed)
-    bound = 1 / np.sqrt(9 * channels)
-    return [g.uniform(-bound, bound, (channels, channels, 3, 3)).astype(np.float32)
-            for _ in range(layers)]
-
-
-def chain_network(weights: list[np.ndarray]) -> Network:
-    net = Network(2, weights[0].shape[1])
-    x = net.input
-    for w in weights:
-        x = net.conv(x, w, padding=1)
-    net.set_output(x)
-    return net
 
 
 def compose_conv2d(weights: list[torch.Tensor]) -> torch.Tensor:
@@ -106,7 +87,7 @@ def _method_rows(channels: int, sizes: list[int], repeats: int) -> list[dict[str
 def row_numeric(args: argparse.Namespace) -> dict[str, Any]:
     """The row: times, ratios and errors (module docstring)."""
     channels, layers = args.numeric_channels, args.numeric_layers
-    weights = chain_weights(getattr(args, "seed", 0), layers, channels)
+    weights = float32_weights(getattr(args, "seed", 0), layers, channels)
     net = chain_network(weights)
     shape = (channels, 32, 32)
     w64 = [torch.from_numpy(w).to(torch.float64) for w in weights]

@@ -38,10 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..algebra.channels import channel_index
 from ..algebra.errors import InvalidInputError, InvalidTypeError
 from ..algebra.laurent import per_axis
-from ..algebra.polyphase import PolyphaseLayout, is_polyphase
+from ..algebra.polyphase import PolyphaseAlgebra, PolyphaseLayout, _period, _primes, is_polyphase
 from ..algebra.polyphase import PolyphaseOperator as ExactPolyphase
 from .inputs import as_real_tensor, check_float_dtype
 from .kernels import KernelOperator, vstack
@@ -53,12 +52,6 @@ Period = tuple[int, ...]
 #: relative tolerance of the equality decisions, per dtype (see the module docstring)
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
-
-def _period(value: Any, ndim: int, name: str) -> Period:
-    period = per_axis(value, ndim, name)
-    if any(p < 1 for p in period):
-        raise InvalidInputError(f"{name} must be positive on every axis, got {period}")
-    return period
 
 
 def _select(h: torch.Tensor, dim: int, low: int, ratio: int, phases: torch.Tensor
@@ -94,15 +87,15 @@ def _split_axis(h: torch.Tensor, axis: int, ndim: int, low: int, ratio: int,
     return g, first
 
 
-class PolyphaseOperator:
+class PolyphaseOperator(PolyphaseAlgebra):
     """A linear periodically shift-varying operator with a bias in floating point: input
     period ``in_period`` (``P``), output period ``out_period`` (``Q``) and the stride-1
     block ``block`` (a :class:`KernelOperator`, ``(C_out M) x (C_in N)``) between the
     polyphase components (module docstring).  Immutable; the twin of
     :class:`laurentnet.algebra.PolyphaseOperator`."""
 
-    is_polyphase = True
     __slots__ = ("block", "in_period", "out_period")
+    _single = KernelOperator
 
     def __init__(self, block: KernelOperator, in_period: int | Sequence[int],
                  out_period: int | Sequence[int]):
@@ -170,49 +163,8 @@ class PolyphaseOperator:
 
     # -- shape ----------------------------------------------------------------------------
     @property
-    def ndim(self) -> int:
-        return self.block.ndim
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.block.dtype
-
-    @property
-    def phases(self) -> int:
-        """``M = prod Q``: output phases (the convolutions of the export)."""
-        return prod(self.out_period)
-
-    @property
-    def in_phases(self) -> int:
-        """``N = prod P``: input phases."""
-        return prod(self.in_period)
-
-    @property
-    def out_channels(self) -> int:
-        return self.block.out_channels // self.phases
-
-    @property
-    def in_channels(self) -> int:
-        return self.block.in_channels // self.in_phases
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(C_out, C_in)`` of the operator (not of the block)."""
-        return self.out_channels, self.in_channels
-
-    @property
-    def bias(self) -> torch.Tensor:
-        """``b_{o,t}`` in the block's row order ``o M + t``."""
-        return self.block.bias
-
-    @property
-    def has_bias(self) -> bool:
-        return self.block.has_bias
-
-    @property
-    def kernel_size(self) -> tuple[int, ...]:
-        """The block's kernel extent (the stride-1 conv of the export)."""
-        return self.block.kernel_size
 
     def _view(self) -> torch.Tensor:
         """The block as ``(C_out, *Q, C_in, *P, *k)``."""
@@ -278,13 +230,6 @@ class PolyphaseOperator:
         Q = tuple(q * k for q, k in zip(self.out_period, m))
         return self._from_view(h, low, bias, P, Q)
 
-    def reblock_to(self, in_period: int | Sequence[int]) -> "PolyphaseOperator":
-        """Re-blocked to the input period ``in_period`` (a multiple of ``P``)."""
-        target = _period(in_period, self.ndim, "in_period")
-        if any(t % p for t, p in zip(target, self.in_period)):
-            raise InvalidInputError(f"in_period {target} is not a multiple of {self.in_period}")
-        return self.reblock(tuple(t // p for t, p in zip(target, self.in_period)))
-
     def _reduced(self, axis: int, p: int, tol: float) -> "PolyphaseOperator | None":
         """The operator at periods divided by ``p`` on ``axis``, if it has them:
         ``H'_{t,r}(z) = sum_b z_a^b H_{(b Q' + t), r}(z_a^p)`` (``r`` the first ``P'``
@@ -332,7 +277,7 @@ class PolyphaseOperator:
         ``None`` when there is none (the bias varies over the phases, or the candidate's
         polyphase form differs)."""
         tol = self._tolerance(rtol)
-        P, Q, nd = self.in_period, self.out_period, self.ndim
+        P, Q = self.in_period, self.out_period
         d = tuple(gcd(a, b) for a, b in zip(P, Q))
         s = tuple(a // g for a, g in zip(P, d))
         u = tuple(b // g for b, g in zip(Q, d))
@@ -359,62 +304,6 @@ class PolyphaseOperator:
         return candidate if back._same(self, tol) else None
 
     # -- algebra --------------------------------------------------------------------------
-    def __matmul__(self, other: Any) -> "PolyphaseOperator":
-        """``self ∘ other`` (``other`` first): both re-blocked to the middle period
-        ``lcm(Q_other, P_self)``, then the blocks multiply (``b = H2(1) b1 + b2``)."""
-        if isinstance(other, KernelOperator):
-            other = PolyphaseOperator.from_conv(other)
-        if not isinstance(other, PolyphaseOperator):
-            return NotImplemented
-        if self.in_channels != other.out_channels:
-            raise InvalidInputError(f"cannot compose: the outer operator takes {self.in_channels} "
-                                    f"channels, the inner one gives {other.out_channels}")
-        mid = tuple(lcm(a, b) for a, b in zip(other.out_period, self.in_period))
-        inner = other.reblock(tuple(m // q for m, q in zip(mid, other.out_period)))
-        outer = self.reblock(tuple(m // p for m, p in zip(mid, self.in_period)))
-        return PolyphaseOperator(outer.block @ inner.block, inner.in_period, outer.out_period)
-
-    def __rmatmul__(self, other: Any) -> "PolyphaseOperator":
-        if isinstance(other, KernelOperator):
-            return PolyphaseOperator.from_conv(other) @ self
-        return NotImplemented
-
-    def _common(self, other: Any, what: str) -> tuple["PolyphaseOperator", "PolyphaseOperator"]:
-        """Both re-blocked to one pair of periods (the rates ``P/Q`` must agree)."""
-        if isinstance(other, KernelOperator):
-            other = PolyphaseOperator.from_conv(other)
-        if not isinstance(other, PolyphaseOperator):
-            raise InvalidTypeError(f"expected a PolyphaseOperator or KernelOperator, got "
-                                   f"{type(other).__name__}")
-        for axis, (p1, q1, p2, q2) in enumerate(zip(self.in_period, self.out_period,
-                                                    other.in_period, other.out_period)):
-            if p1 * q2 != p2 * q1:
-                raise InvalidInputError(
-                    f"cannot {what} operators of different rates on axis {axis} (input/output "
-                    f"periods {p1}/{q1} and {p2}/{q2}): the result is not periodically "
-                    "shift-varying; use the affine map for a fixed input size")
-        P = tuple(lcm(a, b) for a, b in zip(self.in_period, other.in_period))
-        return self.reblock_to(P), other.reblock_to(P)
-
-    def __add__(self, other: Any) -> "PolyphaseOperator":
-        """Parallel branches: re-blocked to the common period, blocks and biases add."""
-        if not isinstance(other, (PolyphaseOperator, KernelOperator)):
-            return NotImplemented
-        if self.shape != tuple(other.shape):
-            raise InvalidInputError(f"cannot add operators of shapes {self.shape} and {other.shape}")
-        a, b = self._common(other, "add")
-        return PolyphaseOperator(a.block + b.block, a.in_period, a.out_period)
-
-    __radd__ = __add__
-
-    def __neg__(self) -> "PolyphaseOperator":
-        return PolyphaseOperator(-self.block, self.in_period, self.out_period)
-
-    def __sub__(self, other: Any) -> "PolyphaseOperator":
-        if not isinstance(other, (PolyphaseOperator, KernelOperator)):
-            return NotImplemented
-        return self + (-other)
-
     def __mul__(self, scalar: Any) -> "PolyphaseOperator":
         """``c·A`` (block and bias) for a real number ``c`` (sympy numbers included)."""
         if isinstance(scalar, (PolyphaseOperator, KernelOperator)):
@@ -436,23 +325,6 @@ class PolyphaseOperator:
         except InvalidInputError:
             return False
         return a.shape == b.shape and a.block.allclose(b.block, rtol, atol)
-
-    def __getitem__(self, rows: int | slice | Sequence[int]) -> "PolyphaseOperator":
-        """A channel split: the selected output channels (all their phases)."""
-        index = channel_index(rows, self.out_channels, "output channel")
-        M = self.phases
-        return PolyphaseOperator(self.block[[o * M + t for o in index for t in range(M)]],
-                                 self.in_period, self.out_period)
-
-    def columns(self, cols: int | slice | Sequence[int]) -> "PolyphaseOperator":
-        """The operator restricted to the selected input channels (bias kept)."""
-        index = channel_index(cols, self.in_channels, "input channel")
-        N = self.in_phases
-        return PolyphaseOperator(self.block.columns([c * N + r for c in index for r in range(N)]),
-                                 self.in_period, self.out_period)
-
-    def linear_part(self) -> "PolyphaseOperator":
-        return PolyphaseOperator(self.block.linear_part(), self.in_period, self.out_period)
 
     def to(self, dtype: torch.dtype) -> "PolyphaseOperator":
         return PolyphaseOperator(self.block.to(check_float_dtype(dtype)), self.in_period,
@@ -502,30 +374,9 @@ class PolyphaseOperator:
         return PolyphaseLayout(self.in_period, self.out_period, self.in_channels,
                                self.out_channels, self.block.to_weight())
 
-    def describe(self) -> str:
-        """``"polyphase, M phases ..."``: what the operator is and how it exports."""
-        kernel = "x".join(map(str, self.kernel_size))
-        return (f"{self.out_channels}x{self.in_channels} polyphase operator, {self.phases} "
-                f"phases (input period {self.in_period}, output period {self.out_period}; "
-                f"no single strided kernel): pixel-unshuffle, a stride-1 conv "
-                f"{self.block.in_channels}->{self.block.out_channels} kernel {kernel}, "
-                f"pixel-shuffle")
-
     def __repr__(self) -> str:
         return f"PolyphaseOperator({self.describe()}, {str(self.dtype).removeprefix('torch.')})"
 
-
-def _primes(n: int) -> list[int]:
-    out, p = [], 2
-    while p * p <= n:
-        if n % p == 0:
-            out.append(p)
-            while n % p == 0:
-                n //= p
-        p += 1
-    if n > 1:
-        out.append(n)
-    return out
 
 
 def as_polyphase(op: Any) -> PolyphaseOperator:
